@@ -1,0 +1,33 @@
+# Everything a person or CI runs. `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: help install system-deps test lint run demo bench clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the gateway and its dev tools
+
+system-deps: ## install mosquitto, mosquitto-clients, prometheus (promtool) if missing
+	./scripts/system-deps.sh
+
+test: system-deps install ## run the whole test suite (real Mosquitto, real files)
+	$(BIN)/pytest -q
+
+lint: install ## ruff
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+run: system-deps install ## run the gateway against a local Mosquitto on 127.0.0.1:1883
+	./scripts/run-local.sh
+
+clean:
+	rm -rf $(VENV) data demo-data .pytest_cache .ruff_cache

@@ -1,0 +1,170 @@
+"""argv -> config -> run; exit codes (0 ok, 1 runtime failure, 2 bad config)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from gateway._version import __version__
+from gateway.app import Gateway
+from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
+from gateway.errors import ConfigError
+from gateway.logs import setup_logging
+
+log = logging.getLogger("gateway")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="MQTT telemetry gateway: readings acked only once on disk."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway")
+    run.add_argument("--config", type=Path, help="TOML config file (optional)")
+    run.add_argument("--broker", help="mqtt://[user@]host:port or mqtts://... (TLS)")
+    run.add_argument(
+        "--topic",
+        action="append",
+        metavar="FILTER",
+        help="subscribe to FILTER (repeatable; replaces the configured filters)",
+    )
+    run.add_argument("--qos", type=int, choices=(0, 1), help="QoS for the subscriptions")
+    run.add_argument("--client-id", help="MQTT client id (also names the segment files)")
+    run.add_argument("--data-dir", type=Path, help="where data and dead-letter files go")
+    run.add_argument("--metrics-addr", metavar="HOST:PORT", help="HTTP listen address")
+    run.add_argument("--log-format", choices=("text", "json"), help="log format")
+    run.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    check = sub.add_parser("check-config", help="validate a config file and print it")
+    check.add_argument("file", type=Path)
+    return parser
+
+
+def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
+    """Flags as a nested dict, merged over file and environment by load_config."""
+    out: dict[str, Any] = {}
+    mqtt: dict[str, Any] = {}
+    if args.broker:
+        mqtt.update(parse_broker_url(args.broker))
+    if args.client_id:
+        mqtt["client_id"] = args.client_id
+    if mqtt:
+        out["mqtt"] = mqtt
+    if args.data_dir:
+        out["files"] = {"data_dir": args.data_dir}
+    if args.metrics_addr:
+        out["http"] = parse_listen_addr(args.metrics_addr)
+    logging_: dict[str, Any] = {}
+    if args.log_format:
+        logging_["format"] = args.log_format
+    if args.log_level:
+        logging_["level"] = args.log_level
+    if logging_:
+        out["logging"] = logging_
+    return out
+
+
+def apply_subscription_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
+    """--topic replaces the filters (keeping the first subscription's template and format)."""
+    subs = config.mqtt.subscriptions
+    if args.topic:
+        subs = tuple(subs[0].model_copy(update={"filter": topic}) for topic in args.topic)
+    if args.qos is not None:
+        subs = tuple(s.model_copy(update={"qos": args.qos}) for s in subs)
+    if subs is config.mqtt.subscriptions:
+        return config
+    mqtt = config.mqtt.model_copy(update={"subscriptions": subs})
+    return config.model_copy(update={"mqtt": mqtt})
+
+
+def resolve_config(args: argparse.Namespace) -> GatewayConfig:
+    config = apply_subscription_flags(load_config(args.config, overrides_from(args)), args)
+    config.mqtt.read_password()  # a missing password file is a config error, found now
+    return config
+
+
+def masked_config(config: GatewayConfig) -> str:
+    """The effective config as JSON; secrets print as ********."""
+    return json.dumps(config.model_dump(mode="json"), indent=2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "check-config":
+        return check_config(args.file)
+    try:
+        config = resolve_config(args)
+    except ConfigError as exc:
+        print_problems(exc)
+        return EXIT_CONFIG
+    setup_logging(config.logging.level, config.logging.format)
+    return run_gateway(config)
+
+
+def print_problems(exc: ConfigError) -> None:
+    print("configuration error:", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def check_config(path: Path) -> int:
+    try:
+        config = load_config(path)
+        config.mqtt.read_password()
+    except ConfigError as exc:
+        print_problems(exc)
+        return EXIT_CONFIG
+    print(masked_config(config))
+    return EXIT_OK
+
+
+def run_gateway(config: GatewayConfig) -> int:
+    try:
+        asyncio.run(_serve(config))
+    except KeyboardInterrupt:
+        log.warning("interrupted twice: stopped without draining; the broker redelivers")
+        return EXIT_FAILURE
+    except ConfigError as exc:
+        print_problems(exc)
+        return EXIT_CONFIG
+    except Exception as exc:
+        # A task that crashed leaves the TaskGroup wrapped in an ExceptionGroup.
+        causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
+        for cause in causes:
+            log.error("gateway failed: %s", cause, exc_info=cause)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+async def _serve(config: GatewayConfig) -> None:
+    gateway = Gateway(config)  # raises ConfigError for a step that cannot be built
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("%s received: draining", signal.Signals(signum).name)
+            gateway.stop()
+        elif main_task is not None:
+            main_task.cancel()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await gateway.run()
+    except asyncio.CancelledError:
+        raise KeyboardInterrupt from None
+    log.info("stopped cleanly")

@@ -1,0 +1,415 @@
+"""pydantic models: GatewayConfig + one <Part>Config per component; load_config()."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+# A client id names our files, so it must be a safe path segment.
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsConfig(_Part):
+    """TLS towards the broker (used with mqtts:// or `enabled = true`)."""
+
+    enabled: bool = Field(False, description="Connect with TLS.")
+    ca_file: Path | None = Field(
+        None, description="CA bundle to verify the broker; the system store when unset."
+    )
+    cert_file: Path | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: Path | None = Field(None, description="Client private key (mutual TLS).")
+    verify: bool = Field(
+        True, description="Verify the broker's certificate and host name. Turn off only to test."
+    )
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file must be given together")
+        return self
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable_file(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+
+class SubscriptionConfig(_Part):
+    """One topic filter, what its payloads look like and how its topic levels are named."""
+
+    filter: str = Field(
+        "",
+        description="MQTT topic filter; `$share/<group>/<filter>` for a shared subscription. "
+        "Derived from `template` (each {field} becomes +) when empty.",
+    )
+    template: str = Field(
+        "sensors/{site}/{device_id}/telemetry",
+        description="Names the topic levels; the fields become tags. {device_id} names the device, "
+        "{metric} the metric of a bare value.",
+    )
+    qos: Literal[0, 1] = Field(
+        1, description="1 = at least once (acked after fsync); 0 = at most once."
+    )
+    format: Literal["json", "senml", "bare"] = Field(
+        "json",
+        description="json: a reading object or an array of them; senml: RFC 8428 SenML JSON; "
+        "bare: a number, metric named by the topic's {metric}.",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _template_levels(cls, value: str) -> str:
+        for level in value.split("/"):
+            if level in ("+", "#") or ("{" in level and not re.fullmatch(r"\{[a-z_]+\}", level)):
+                raise ValueError(
+                    f"level {level!r}: use a literal or a whole-level {{field}} (lowercase name)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _format_needs_fields(self) -> SubscriptionConfig:
+        if self.format == "bare" and not {"{device_id}", "{metric}"} <= set(
+            self.template.split("/")
+        ):
+            raise ValueError("format 'bare' needs {device_id} and {metric} in the template")
+        return self
+
+    @property
+    def effective_filter(self) -> str:
+        if self.filter:
+            return self.filter
+        return "/".join("+" if lvl.startswith("{") else lvl for lvl in self.template.split("/"))
+
+
+class MqttSourceConfig(_Part):
+    """Where telemetry comes from and how the broker session is kept."""
+
+    host: str = Field("127.0.0.1", description="Broker host.")
+    port: int = Field(1883, ge=1, le=65535, description="Broker port.")
+    tls: TlsConfig = Field(default_factory=TlsConfig, description="TLS settings.")
+    username: str | None = Field(None, description="User name; none for anonymous.")
+    password: SecretStr | None = Field(
+        None, description="Password. Prefer GATEWAY_MQTT__PASSWORD or password_file."
+    )
+    password_file: Path | None = Field(
+        None, description="File whose first line is the password (e.g. a mounted secret)."
+    )
+    client_id: str = Field(
+        "telemetry-gateway",
+        description="Fixed, so the broker keeps our session; also names our segment files.",
+    )
+    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
+    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive interval.")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Deadline for CONNECT/CONNACK.")
+    subscribe_timeout_s: float = Field(10.0, gt=0, description="Deadline for SUBSCRIBE/SUBACK.")
+    session_expiry_s: int = Field(
+        86400,
+        ge=1,
+        description="MQTT 5: how long the broker keeps our session (and queues for us) offline.",
+    )
+    receive_maximum: int = Field(
+        1000,
+        ge=1,
+        le=65535,
+        description="MQTT 5: most unacked QoS 1 messages the broker may send us. On 3.1.1 the "
+        "broker's own limit applies (Mosquitto: max_inflight_messages, default 20).",
+    )
+    reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (then doubles).")
+    reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect delay.")
+    stall_timeout_s: float = Field(
+        0,
+        ge=0,
+        description="Connected and subscribed but no message for this long: not ready, logged, "
+        "counted. 0 disables (set it when devices report steadily).",
+    )
+    max_buffered_messages: int = Field(
+        2000,
+        ge=1,
+        description="Messages read from the socket but not yet handed on; above this we stop "
+        "reading the socket, so TCP pushes back on the broker.",
+    )
+    subscriptions: tuple[SubscriptionConfig, ...] = Field(
+        (SubscriptionConfig(),), min_length=1, description="What to subscribe to."
+    )
+
+    @field_validator("client_id")
+    @classmethod
+    def _safe_client_id(cls, value: str) -> str:
+        if not SAFE_NAME.match(value):
+            raise ValueError("use 1-128 of A-Z a-z 0-9 . _ - (it names files), starting alnum")
+        return value
+
+    @model_validator(mode="after")
+    def _one_password_source(self) -> MqttSourceConfig:
+        if self.password is not None and self.password_file is not None:
+            raise ValueError("give password or password_file, not both")
+        return self
+
+    def read_password(self) -> str | None:
+        """The broker password from the config/env or the password file."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self.password_file is not None:
+            try:
+                text = self.password_file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError(f"mqtt.password_file: cannot read: {exc.strerror}") from exc
+            return text.splitlines()[0] if text else ""
+        return None
+
+
+class LimitsConfig(_Part):
+    """What a payload may be before it is rejected."""
+
+    max_payload_bytes: int = Field(65536, ge=16, description="Larger payloads are rejected.")
+    max_metrics: int = Field(64, ge=1, description="Most metrics in one reading.")
+    max_readings_per_message: int = Field(1000, ge=1, description="Most readings in one batch.")
+    max_device_id_length: int = Field(
+        64, ge=1, le=128, description="Longest device id (ids are A-Z a-z 0-9 . _ - only)."
+    )
+    max_future_s: float = Field(
+        300.0, ge=0, description="Device time may be at most this far ahead of ours."
+    )
+    max_past_s: float = Field(
+        7 * 86400.0, ge=0, description="Device time may be at most this far behind ours."
+    )
+
+
+class CheckRangeStep(_Part):
+    """Reject or flag a reading whose metric is outside [min, max]."""
+
+    kind: Literal["check_range"]
+    metric: str = Field(description="Metric name to check.")
+    min: float | None = Field(None, description="Lowest allowed value.")
+    max: float | None = Field(None, description="Highest allowed value.")
+    action: Literal["reject", "flag"] = Field(
+        "reject", description="reject: dead-letter it; flag: store it with a flag."
+    )
+
+
+class DropDuplicatesStep(_Part):
+    """Drop a reading whose (device_id, seq) was seen recently."""
+
+    kind: Literal["drop_duplicates"]
+    window: int = Field(1024, ge=1, description="Sequence numbers remembered per device.")
+    max_devices: int = Field(100_000, ge=1, description="Devices remembered (least recent go).")
+
+
+class ConvertUnitsStep(_Part):
+    """Convert one metric from one unit to another (e.g. degF -> degC)."""
+
+    kind: Literal["convert_units"]
+    metric: str = Field(description="Metric name to convert.")
+    from_unit: str = Field(description="Unit of incoming values (assumed when none is given).")
+    to_unit: str = Field(description="Unit to store.")
+
+
+StepConfig = Annotated[
+    CheckRangeStep | DropDuplicatesStep | ConvertUnitsStep, Field(discriminator="kind")
+]
+
+
+class PipelineConfig(_Part):
+    """Channels and workers between the source and the sinks."""
+
+    workers: int = Field(4, ge=1, le=256, description="Workers running the steps.")
+    channel_capacity: int = Field(
+        4096, ge=1, description="Readings each bounded channel holds before it pushes back."
+    )
+    processing_timeout_s: float = Field(
+        1.0, gt=0, description="A reading not through all steps by then is dead-lettered."
+    )
+    qos0_policy: Literal["block", "drop_oldest"] = Field(
+        "block",
+        description="When full, QoS 0 readings wait (block) or the oldest QoS 0 reading is "
+        "dropped and counted (drop_oldest). QoS 1 readings always wait.",
+    )
+
+
+class FilesConfig(_Part):
+    """Where and how readings are stored."""
+
+    data_dir: Path = Field(Path("./data"), description="Root of the data and dead-letter files.")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "always",
+        description="always: fsync each commit, then ack. interval: fsync every fsync_interval_s, "
+        "acks wait for it. never: ack after write(); a power loss can lose acked readings.",
+    )
+    fsync_interval_s: float = Field(1.0, gt=0, description="fsync period for fsync = 'interval'.")
+    max_batch: int = Field(2000, ge=1, description="Most readings in one group commit.")
+    rotate_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Seal a segment at this size.")
+    rotate_age_s: float = Field(300.0, gt=0, description="Seal a segment this old.")
+    max_open_segments: int = Field(
+        8, ge=1, description="Partitions written at once; the least recent is sealed."
+    )
+    gzip: bool = Field(False, description="Compress sealed segments to .jsonl.gz.")
+    retry_min_s: float = Field(0.2, gt=0, description="First delay after a failed write.")
+    retry_max_s: float = Field(10.0, gt=0, description="Cap of the delay between write retries.")
+    write_timeout_s: float = Field(
+        30.0, gt=0, description="A write or fsync slower than this counts as a failure."
+    )
+
+
+class DeadLetterConfig(_Part):
+    """How rejected messages are stored (under <data_dir>/dead-letter/)."""
+
+    max_payload_bytes: int = Field(
+        1024 * 1024, ge=0, description="Payload bytes kept per record; longer ones are cut."
+    )
+
+
+class HttpConfig(_Part):
+    """The one port for /metrics, /healthz and /readyz."""
+
+    host: str = Field("127.0.0.1", description="Listen address.")
+    port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
+
+
+class LoggingConfig(_Part):
+    """Log format and level."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    format: Literal["text", "json"] = Field("text", description="text for people, json for tools.")
+
+
+class GatewayConfig(BaseSettings):
+    """Everything the gateway needs; defaults alone run against a local broker."""
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        nested_model_default_partial_update=True,
+    )
+
+    mqtt: MqttSourceConfig = Field(default_factory=MqttSourceConfig, description="The broker.")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Payload limits.")
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig, description="Processing.")
+    steps: tuple[StepConfig, ...] = Field((), description="Processing steps, applied in order.")
+    files: FilesConfig = Field(default_factory=FilesConfig, description="The file sink.")
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig, description="Rejects.")
+    http: HttpConfig = Field(default_factory=HttpConfig, description="Metrics and health.")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
+    shutdown_grace_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, time to drain and seal before giving up."
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags (init) beat the environment; the TOML file, when given, is added by load_config.
+        return (init_settings, env_settings)
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    """One line per problem: `field.path: why`."""
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        lines.append(f"{loc}: {err['msg']}")
+    return lines
+
+
+def parse_broker_url(url: str) -> dict[str, Any]:
+    """`mqtt://[user@]host[:port]` or `mqtts://...` -> mqtt config fields."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"--broker {url!r}: scheme must be mqtt:// or mqtts://")
+    if parts.password is not None:
+        raise ConfigError(
+            "--broker: do not put a password in the URL (it shows in `ps`); "
+            "use GATEWAY_MQTT__PASSWORD or mqtt.password_file"
+        )
+    if not parts.hostname:
+        raise ConfigError(f"--broker {url!r}: no host")
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ConfigError(f"--broker {url!r}: {exc}") from exc
+    tls = parts.scheme == "mqtts"
+    fields: dict[str, Any] = {
+        "host": parts.hostname,
+        "port": port or (8883 if tls else 1883),
+        "tls": {"enabled": tls},
+    }
+    if parts.username:
+        fields["username"] = parts.username
+    return fields
+
+
+def parse_listen_addr(addr: str) -> dict[str, Any]:
+    """`HOST:PORT` -> http config fields."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"--metrics-addr {addr!r}: expected HOST:PORT")
+    return {"host": host.strip("[]") or "127.0.0.1", "port": int(port)}
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> GatewayConfig:
+    """Defaults < TOML file < GATEWAY_* environment < overrides (flags); ConfigError on problems."""
+    if path is not None and not path.is_file():
+        raise ConfigError(f"{path}: no such file")
+    toml_path = path
+
+    class _FromFile(GatewayConfig):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            if toml_path is None:
+                return (init_settings, env_settings)
+            return (
+                init_settings,
+                env_settings,
+                TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+            )
+
+    where = str(path) if path else "config"
+    try:
+        loaded = _FromFile(**(overrides or {}))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        problems = format_validation_error(exc)
+        raise ConfigError(f"{where}: " + "; ".join(problems), problems) from exc
+    # Hand back the plain model, so nothing downstream sees the file-reading subclass.
+    return GatewayConfig.model_construct(**dict(loaded))

@@ -1,0 +1,59 @@
+"""Pure (topic, payload) -> list[Reading] | DecodeError; one module per format."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeAlias
+
+from gateway.config import LimitsConfig, SubscriptionConfig
+from gateway.decode.bare_value import BareValueDecoder
+from gateway.decode.checks import ReadingCheck
+from gateway.decode.json_reading import JsonReadingDecoder
+from gateway.decode.senml import SenmlDecoder
+from gateway.errors import DecodeError
+from gateway.model import Reading
+from gateway.topics import DEVICE_ID_FIELD, METRIC_FIELD, TopicTemplate
+
+# (topic, payload, received_at) -> readings; raises DecodeError, never anything else.
+Decoder: TypeAlias = Callable[[str, bytes, float], list[Reading]]
+# (payload, topic device id, topic metric, received_at) -> readings before the common checks.
+FormatDecoder: TypeAlias = Callable[[bytes, str | None, str | None, float], list[Reading]]
+
+FORMATS: dict[str, Callable[[LimitsConfig], FormatDecoder]] = {
+    "json": JsonReadingDecoder,
+    "senml": SenmlDecoder,
+    "bare": BareValueDecoder,
+}
+
+__all__ = ["FORMATS", "Decoder", "FormatDecoder", "make_decoder"]
+
+
+def make_decoder(sub: SubscriptionConfig, limits: LimitsConfig) -> Decoder:
+    """The decoder for one subscription: size check, topic match, format decode, common checks.
+
+    Topic fields become tags, except {device_id} and {metric}, which name the device and the
+    metric of a bare value.
+    """
+    template = TopicTemplate(sub.template, limits.max_device_id_length)
+    decode_format = FORMATS[sub.format](limits)
+    check = ReadingCheck(limits)
+    max_payload_bytes = limits.max_payload_bytes
+
+    def decode(topic: str, payload: bytes, received_at: float) -> list[Reading]:
+        if len(payload) > max_payload_bytes:
+            raise DecodeError("payload_too_large", f"{len(payload)} bytes, max {max_payload_bytes}")
+        tags = template.match(topic)
+        device_id = tags.pop(DEVICE_ID_FIELD, None)
+        metric = tags.pop(METRIC_FIELD, None)
+        readings = decode_format(payload, device_id, metric, received_at)
+        for reading in readings:
+            check(reading)
+        if len(readings) == 1:
+            readings[0].tags = tags
+        else:
+            # Each reading owns its tags, so a later step may change one without the others.
+            for reading in readings:
+                reading.tags = tags.copy()
+        return readings
+
+    return decode

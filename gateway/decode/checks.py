@@ -1,0 +1,114 @@
+"""Checks every decoded Reading passes, whatever its format (ids, metrics, time window)."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from pydantic import ValidationError
+
+from gateway.config import LimitsConfig
+from gateway.errors import DecodeError, RejectReason
+from gateway.model import Reading
+from gateway.topics import safe_name_pattern
+
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+# Printable ASCII without spaces ("Cel", "%RH", "m/s2"): units are stored and may become labels.
+UNIT_NAME = re.compile(r"[!-~]{1,32}")
+# Sequence numbers end up in 64-bit columns downstream.
+MAX_SEQ = 2**63 - 1
+# How much of a network string an error detail may quote.
+QUOTE = 64
+
+
+_ANY_SAFE_ID = safe_name_pattern(128)
+
+
+def resolve_device_id(payload_id: str | None, topic_id: str | None) -> str:
+    """The one device id of a reading: the payload's and the topic's must agree when both exist."""
+    if payload_id is None:
+        if topic_id is None:
+            raise DecodeError("missing_field", "no device_id in the payload or the topic")
+        return topic_id
+    if topic_id is not None and payload_id != topic_id:
+        if not _ANY_SAFE_ID.fullmatch(payload_id):
+            # An unsafe id (e.g. path traversal) is the graver fault: report that, not a mismatch.
+            raise DecodeError("invalid_device_id", f"device_id {payload_id[:QUOTE]!r} is not safe")
+        raise DecodeError(
+            "device_id_mismatch",
+            f"payload says {payload_id[:QUOTE]!r}, topic says {topic_id!r}",
+        )
+    return payload_id
+
+
+def error_from_validation(exc: ValidationError) -> DecodeError:
+    """Our reason for a pydantic error; the detail names where (truncated) and why."""
+    errors = exc.errors(include_url=False, include_context=False, include_input=False)
+    kinds = {err["type"] for err in errors}
+    reason: RejectReason
+    if "json_invalid" in kinds:
+        reason = "invalid_json"
+    elif "missing" in kinds:
+        reason = "missing_field"
+    elif "finite_number" in kinds:
+        reason = "invalid_value"
+    else:
+        reason = "invalid_schema"
+    first = errors[0]
+    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return DecodeError(reason, f"{where[:QUOTE]!r}: {first['msg'][:120]}")
+
+
+class ReadingCheck:
+    """Raises DecodeError unless a Reading is one we store: a safe device id, 1..max_metrics
+    well-named finite float metrics, units only for those metrics, device time within the window
+    around `received_at`, and a non-negative int seq when there is one."""
+
+    __slots__ = ("_device_ok", "_max_future_s", "_max_metrics", "_max_past_s")
+
+    def __init__(self, limits: LimitsConfig) -> None:
+        self._device_ok = safe_name_pattern(limits.max_device_id_length).fullmatch
+        self._max_metrics = limits.max_metrics
+        self._max_past_s = limits.max_past_s
+        self._max_future_s = limits.max_future_s
+
+    def __call__(self, reading: Reading) -> None:
+        device_id = reading.device_id
+        if self._device_ok(device_id) is None:
+            raise DecodeError("invalid_device_id", f"device id {device_id[:QUOTE]!r}")
+        metrics = reading.metrics
+        count = len(metrics)
+        if count == 0:
+            raise DecodeError("missing_field", "no metrics")
+        if count > self._max_metrics:
+            raise DecodeError("too_many_metrics", f"{count} metrics, max {self._max_metrics}")
+        name_ok = METRIC_NAME.fullmatch
+        isfinite = math.isfinite
+        for name, value in metrics.items():
+            if name_ok(name) is None:
+                raise DecodeError("invalid_metric", f"metric name {name[:QUOTE]!r}")
+            # Exactly float: decoders turn ints and bools into floats, so anything else is a bug
+            # we would rather reject than write.
+            if value.__class__ is not float:
+                raise DecodeError("invalid_value", f"metric {name!r} is {type(value).__name__}")
+            if not isfinite(value):
+                raise DecodeError("invalid_value", f"metric {name!r} = {value!r}")
+        received_at = reading.received_at
+        ts = reading.ts
+        if not received_at - self._max_past_s <= ts <= received_at + self._max_future_s:
+            raise DecodeError(
+                "ts_out_of_range",
+                f"ts is {ts - received_at:+.0f} s from receipt; "
+                f"allowed -{self._max_past_s:.0f}..+{self._max_future_s:.0f} s",
+            )
+        seq = reading.seq
+        if seq is not None and (seq.__class__ is not int or not 0 <= seq <= MAX_SEQ):
+            # No str(seq): a huge int cannot be printed (sys.get_int_max_str_digits).
+            raise DecodeError("invalid_value", "seq is not an int in 0..2**63-1")
+        if reading.units:
+            unit_ok = UNIT_NAME.fullmatch
+            for name, unit in reading.units.items():
+                if name not in metrics:
+                    raise DecodeError("invalid_schema", f"unit for unknown metric {name[:QUOTE]!r}")
+                if unit.__class__ is not str or unit_ok(unit) is None:
+                    raise DecodeError("invalid_schema", f"unit of {name!r}: {str(unit)[:QUOTE]!r}")

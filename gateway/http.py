@@ -1,0 +1,62 @@
+"""/metrics, /healthz, /readyz for one gateway."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from gateway.config import HttpConfig
+
+log = logging.getLogger(__name__)
+
+Checks = Callable[[], dict[str, bool]]
+
+
+class HttpServer:
+    """One port: Prometheus metrics, liveness, and readiness with the reason when not ready."""
+
+    def __init__(self, config: HttpConfig, registry: CollectorRegistry, checks: Checks) -> None:
+        self._config = config
+        self._checks = checks
+        self._app = web.Application()
+        self._app.router.add_get("/metrics", make_aiohttp_handler(registry))
+        self._app.router.add_get("/healthz", self._healthz)
+        self._app.router.add_get("/readyz", self._readyz)
+        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._config.host, self._config.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise OSError(
+                exc.errno, f"cannot listen on {self._config.host}:{self._config.port}: {exc}"
+            ) from exc
+        # With port 0 the OS picks one; the runner knows which.
+        self.port = int(self._runner.addresses[0][1])
+        log.info("metrics on http://%s:%d/metrics", self._config.host, self.port)
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._config.host}:{self.port}"
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "alive"})
+
+    async def _readyz(self, _request: web.Request) -> web.Response:
+        checks = self._checks()
+        ready = all(checks.values())
+        return web.json_response(
+            {"status": "ready" if ready else "not ready", "checks": checks},
+            status=200 if ready else 503,
+        )

@@ -1,0 +1,147 @@
+"""GatewayMetrics: every metric, built on a registry passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from gateway.errors import DROP_REASONS, REJECT_REASONS, WRITE_ERROR_REASONS
+
+# Device clocks are coarse and the path is short: buckets from 1 ms to 1 min.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+FAST_BUCKETS = (1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.1, 0.5, 1)
+SINKS = ("files", "dead_letter")
+
+# Re-exported so that other modules need not import prometheus_client themselves.
+Registry = CollectorRegistry
+CHANNELS = ("decoded", "store", "rejects")
+
+
+class GatewayMetrics:
+    """All of one gateway's metrics. Labelled children are bound once, here, off the hot path."""
+
+    def __init__(self, registry: CollectorRegistry, version: str) -> None:
+        self.registry = registry
+        r = registry
+        Info("gateway_build", "Gateway build.", registry=r).info({"version": version})
+
+        self.messages_received = Counter(
+            "gateway_messages_received", "MQTT messages received.", registry=r
+        )
+        self.readings_received = Counter(
+            "gateway_readings_received",
+            "Items entering the pipeline: decoded readings, plus undecodable messages (one each).",
+            registry=r,
+        )
+        self.readings_written = Counter(
+            "gateway_readings_written", "Readings durably written to data files.", registry=r
+        )
+        rejected = Counter(
+            "gateway_readings_rejected",
+            "Readings (or undecodable messages) durably dead-lettered, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rejected = {reason: rejected.labels(reason) for reason in REJECT_REASONS}
+        dropped = Counter(
+            "gateway_readings_dropped",
+            "Readings deliberately not stored (and acked), by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.dropped = {reason: dropped.labels(reason) for reason in DROP_REASONS}
+        self.in_flight = Gauge(
+            "gateway_readings_in_flight",
+            "Items received but not yet written, rejected or dropped.",
+            registry=r,
+        )
+        self.unacked = Gauge(
+            "gateway_unacked_messages", "QoS 1 messages received and not yet acked.", registry=r
+        )
+        self._channel_depth = Gauge(
+            "gateway_channel_depth", "Items waiting in a channel.", ["channel"], registry=r
+        )
+        self._channel_capacity = Gauge(
+            "gateway_channel_capacity", "Capacity of a channel.", ["channel"], registry=r
+        )
+        self.processing_seconds = Histogram(
+            "gateway_processing_seconds",
+            "Time one reading spends in the processing steps.",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end_latency = Histogram(
+            "gateway_end_to_end_latency_seconds",
+            "Device timestamp to durable on disk (includes device clock offset).",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        write_seconds = Histogram(
+            "gateway_file_write_seconds",
+            "One group commit: write, flush and (per policy) fsync.",
+            ["sink"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.write_seconds = {s: write_seconds.labels(s) for s in SINKS}
+        bytes_written = Counter(
+            "gateway_bytes_written", "Bytes written to segments.", ["sink"], registry=r
+        )
+        self.bytes_written = {s: bytes_written.labels(s) for s in SINKS}
+        sealed = Counter(
+            "gateway_segments_sealed", "Segments closed and renamed.", ["sink"], registry=r
+        )
+        self.segments_sealed = {s: sealed.labels(s) for s in SINKS}
+        write_errors = Counter(
+            "gateway_write_errors",
+            "Failed writes or fsyncs (each is retried), by sink and cause.",
+            ["sink", "reason"],
+            registry=r,
+        )
+        self.write_errors = {
+            (s, reason): write_errors.labels(s, reason)
+            for s in SINKS
+            for reason in WRITE_ERROR_REASONS
+        }
+        torn = Counter(
+            "gateway_torn_lines_recovered",
+            "Partial last lines cut from segments left open by a crash.",
+            ["sink"],
+            registry=r,
+        )
+        self.torn_lines = {s: torn.labels(s) for s in SINKS}
+        self._sink_writable = Gauge(
+            "gateway_sink_writable", "1 when the sink's last write succeeded.", ["sink"], registry=r
+        )
+        self.sink_writable = {s: self._sink_writable.labels(s) for s in SINKS}
+        for child in self.sink_writable.values():
+            child.set(1)
+
+        self.mqtt_connected = Gauge(
+            "gateway_mqtt_connected", "1 while connected and subscribed.", registry=r
+        )
+        self.mqtt_reconnects = Counter(
+            "gateway_mqtt_reconnects", "Connection attempts after the first.", registry=r
+        )
+        self.mqtt_redeliveries = Counter(
+            "gateway_mqtt_redeliveries",
+            "Messages the broker marked as redelivered (DUP).",
+            registry=r,
+        )
+        self.mqtt_stalls = Counter(
+            "gateway_mqtt_stalls", "Times the stall watchdog found no traffic.", registry=r
+        )
+        self.mqtt_stalled = Gauge(
+            "gateway_mqtt_stalled",
+            "1 while subscribed but silent past stall_timeout_s.",
+            registry=r,
+        )
+        self.devices_seen = Gauge(
+            "gateway_devices_seen", "Distinct device ids seen since start.", registry=r
+        )
+
+    def track_channel(self, name: str, depth: Callable[[], float], capacity: int) -> None:
+        """Read a channel's depth at scrape time."""
+        self._channel_depth.labels(name).set_function(depth)
+        self._channel_capacity.labels(name).set(capacity)

@@ -1,0 +1,1 @@
+"""Sinks: durable JSON Lines segments for readings (FileSink) and rejections (DeadLetterSink)."""

@@ -1,0 +1,87 @@
+"""Topic templates: `sensors/{site}/{device_id}/telemetry` -> fields."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from gateway.errors import DecodeError, RejectReason
+
+DEVICE_ID_FIELD = "device_id"
+METRIC_FIELD = "metric"
+MAX_FIELD_LENGTH = 64
+# How much of a received topic an error detail may quote: topics come from the network.
+_QUOTE = 128
+
+_FIELD_NAME = re.compile(r"[a-z_]+")
+_Matcher = Callable[[str], "re.Match[str] | None"]
+
+
+def safe_name_pattern(max_length: int) -> re.Pattern[str]:
+    """A pattern whose `fullmatch` accepts a safe id (A-Z a-z 0-9 . _ -, alnum first) up to
+    `max_length` characters. Safe ids may name files and label series, so nothing else gets in."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    return re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{max_length - 1}}}")
+
+
+class TopicTemplate:
+    """A topic template such as `sensors/{site}/{device_id}/telemetry`; `match` names the levels
+    of a received topic. Each level is a literal or a whole-level `{field}`."""
+
+    __slots__ = ("_fields", "_levels", "_literals", "fields", "template")
+
+    def __init__(self, template: str, max_device_id_length: int = MAX_FIELD_LENGTH) -> None:
+        self.template = template
+        levels = template.split("/")
+        field_ok = safe_name_pattern(MAX_FIELD_LENGTH).fullmatch
+        device_ok = safe_name_pattern(max_device_id_length).fullmatch
+        literals: list[tuple[int, str]] = []
+        fields: list[tuple[int, str, _Matcher, RejectReason]] = []
+        for index, level in enumerate(levels):
+            if level.startswith("{") and level.endswith("}"):
+                name = level[1:-1]
+                if not _FIELD_NAME.fullmatch(name):
+                    raise ValueError(f"template {template!r}: bad field name {level!r}")
+                if any(name == seen[1] for seen in fields):
+                    raise ValueError(f"template {template!r}: field {level!r} appears twice")
+                if name == DEVICE_ID_FIELD:
+                    fields.append((index, name, device_ok, "invalid_device_id"))
+                else:
+                    fields.append((index, name, field_ok, "topic_mismatch"))
+            elif "{" in level or "}" in level or level in ("+", "#"):
+                raise ValueError(
+                    f"template {template!r}: level {level!r} must be a literal or a whole {{field}}"
+                )
+            else:
+                literals.append((index, level))
+        self._levels = len(levels)
+        self._literals = tuple(literals)
+        self._fields = tuple(fields)
+        self.fields: tuple[str, ...] = tuple(field[1] for field in fields)
+
+    def __repr__(self) -> str:
+        return f"TopicTemplate({self.template!r})"
+
+    def match(self, topic: str) -> dict[str, str]:
+        """Field -> value for a topic of this shape; DecodeError when it is not one."""
+        levels = topic.split("/")
+        if len(levels) != self._levels:
+            raise DecodeError(
+                "topic_mismatch",
+                f"topic {topic[:_QUOTE]!r} has {len(levels)} levels, "
+                f"template {self.template!r} has {self._levels}",
+            )
+        for index, literal in self._literals:
+            if levels[index] != literal:
+                raise DecodeError(
+                    "topic_mismatch",
+                    f"topic {topic[:_QUOTE]!r}: level {index} is not {literal!r}",
+                )
+        found: dict[str, str] = {}
+        for index, name, is_safe, reason in self._fields:
+            value = levels[index]
+            if is_safe(value) is None:
+                raise DecodeError(reason, f"topic level {name} = {value[:64]!r} is not a safe id")
+            found[name] = value
+        return found

@@ -1,0 +1,36 @@
+"""One real Mosquitto per test session; per-test brokers where a test must kill one."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.broker import Broker
+
+_unique = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
+    """The shared broker. Tests isolate themselves by client id and topic prefix."""
+    b = Broker(tmp_path_factory.mktemp("mosquitto")).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[Broker]:
+    """A broker of this test's own, for tests that stop or restart it."""
+    b = Broker(tmp_path / "mosquitto").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id unique in this session: prefix topics and client ids with it."""
+    return f"t{os.getpid()}x{next(_unique)}"

@@ -1,0 +1,93 @@
+"""Drive a sink in this event loop: envelopes that record their acks, and what landed on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from prometheus_client import CollectorRegistry
+
+from gateway.channel import Channel
+from gateway.metrics import GatewayMetrics
+from gateway.model import Envelope
+
+T = TypeVar("T")
+
+
+def fresh_metrics() -> GatewayMetrics:
+    return GatewayMetrics(CollectorRegistry(), "test")
+
+
+def sample(metrics: GatewayMetrics, name: str, **labels: str) -> float:
+    """A sample's value, 0 when absent."""
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+class Acks(Generic[T]):
+    """Wraps values in envelopes whose ack records the value, in ack order.
+
+    `on_ack` runs inside each ack, so a test can check what was on disk at that moment.
+    """
+
+    def __init__(self, on_ack: Callable[[T], None] | None = None) -> None:
+        self.acked: list[T] = []
+        self._on_ack = on_ack
+
+    @property
+    def count(self) -> int:
+        return len(self.acked)
+
+    def reached(self, count: int) -> Callable[[], bool]:
+        """A predicate for `eventually`: at least `count` acks."""
+        return lambda: len(self.acked) >= count
+
+    def envelope(self, body: T) -> Envelope[T]:
+        def ack() -> None:
+            if self._on_ack is not None:
+                self._on_ack(body)
+            self.acked.append(body)
+
+        return Envelope(body, topic="test/topic", payload=b"", ack=ack)
+
+    def envelopes(self, bodies: list[T]) -> list[Envelope[T]]:
+        return [self.envelope(b) for b in bodies]
+
+
+@contextlib.asynccontextmanager
+async def running(
+    run: Callable[[Channel[Envelope[T]]], Coroutine[Any, Any, None]],
+    channel: Channel[Envelope[T]],
+    drain_timeout_s: float = 30.0,
+) -> AsyncIterator[asyncio.Task[None]]:
+    """Run a sink as a task; on exit close the channel and wait for it to drain and seal."""
+    task = asyncio.create_task(run(channel), name="sink.test")
+    try:
+        yield task
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise
+    channel.close()
+    async with asyncio.timeout(drain_timeout_s):
+        await task
+
+
+def files(root: Path, pattern: str) -> list[Path]:
+    """Regular files under root matching a glob, sorted by name."""
+    return sorted((p for p in root.rglob(pattern) if p.is_file()), key=lambda p: p.name)
+
+
+def lines_of(path: Path) -> list[dict[str, Any]]:
+    """Every line of a JSON Lines file, parsed; fails on a torn or invalid line."""
+    data = path.read_bytes()
+    assert not data or data.endswith(b"\n"), f"{path} ends in a torn line"
+    return [json.loads(line) for line in data.splitlines()]
+
+
+def records(root: Path, pattern: str = "*.jsonl") -> list[dict[str, Any]]:
+    return [record for path in files(root, pattern) for record in lines_of(path)]

@@ -1,0 +1,87 @@
+"""Imports flow one way (STYLE.md §2), and each outside library has one owner."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+GATEWAY = ROOT / "gateway"
+
+LAYER = {
+    "_version": 0, "errors": 0, "model": 0, "config": 0, "logs": 0, "manifest": 0,
+    "topics": 1, "decode": 1, "channel": 1, "metrics": 1, "transforms": 1, "audit": 1,
+    "stage": 2, "sources": 2, "sinks": 2, "http": 2,
+    "app": 3,
+    "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "top": 4,
+}  # fmt: skip
+
+OWNERS = {
+    "paho": {"sources/mqtt.py"},
+    "aiomqtt": {"sources/mqtt.py"},
+    "aiofiles": {"sinks/"},
+    "prometheus_client": {"metrics.py", "http.py"},
+    "aiohttp": {"http.py"},
+}
+
+
+def _modules() -> list[Path]:
+    return sorted(GATEWAY.rglob("*.py"))
+
+
+def _top_part(path: Path) -> str:
+    rel = path.relative_to(GATEWAY)
+    return rel.parts[0].removesuffix(".py")
+
+
+def _imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: list[str] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.append(node.module)
+    return names
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = {_top_part(p) for p in _modules()} - set(LAYER)
+    assert not missing, f"give these a layer in this test: {missing}"
+
+
+def test_no_module_imports_from_a_higher_layer() -> None:
+    wrong = []
+    for path in _modules():
+        mine = _top_part(path)
+        for name in _imports(path):
+            parts = name.split(".")
+            if parts[0] in ("tests", "simulators"):
+                wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+            if parts[0] != "gateway" or len(parts) == 1:
+                continue
+            theirs = parts[1]
+            if theirs == mine:
+                continue
+            # Same-layer imports are allowed (decode uses topics); upward ones never are.
+            if LAYER[theirs] > LAYER[mine] and mine != "__init__":
+                wrong.append(f"{path.relative_to(ROOT)} (L{LAYER[mine]}) imports {name}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_sinks_never_import_sources() -> None:
+    for path in (GATEWAY / "sinks").rglob("*.py"):
+        assert not any(n.startswith("gateway.sources") for n in _imports(path)), path
+
+
+def test_each_outside_library_has_one_owner() -> None:
+    wrong = []
+    for path in _modules():
+        rel = str(path.relative_to(GATEWAY))
+        for name in _imports(path):
+            owners = OWNERS.get(name.split(".")[0])
+            if owners and not any(
+                rel == o or (o.endswith("/") and rel.startswith(o)) for o in owners
+            ):
+                wrong.append(f"{rel} imports {name}")
+    assert not wrong, "\n".join(wrong)

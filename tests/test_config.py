@@ -1,0 +1,183 @@
+"""Config: TOML < environment < flags; bad input fails at start naming the field."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from gateway.cli import apply_subscription_flags, build_parser, resolve_config
+from gateway.config import (
+    CheckRangeStep,
+    ConvertUnitsStep,
+    DropDuplicatesStep,
+    GatewayConfig,
+    load_config,
+)
+from gateway.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "deploy" / "gateway.example.toml"
+
+
+def _field_names(model: type[BaseModel], seen: set[str] | None = None) -> set[str]:
+    names: set[str] = set()
+    for name, field in model.model_fields.items():
+        names.add(name)
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", (annotation,)):
+            for inner in getattr(candidate, "__args__", (candidate,)):
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    names |= _field_names(inner)
+    return names
+
+
+def test_example_config_loads_and_equals_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in [k for k in os.environ if k.startswith("GATEWAY_")]:
+        monkeypatch.delenv(key)
+    assert load_config(EXAMPLE).model_dump() == GatewayConfig().model_dump()
+
+
+def test_example_config_documents_every_field() -> None:
+    text = EXAMPLE.read_text(encoding="utf-8")
+
+    names = _field_names(GatewayConfig)
+    for step in (CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep):
+        names |= set(step.model_fields)
+    missing = sorted(
+        n for n in names if f"{n} =" not in text and f"[{n}]" not in text and f".{n}]" not in text
+    )
+    assert not missing, f"deploy/gateway.example.toml lacks: {missing}"
+
+
+def test_unknown_keys_are_rejected_at_every_level_with_their_path(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        "colour = 1\n[mqtt]\nhots = 'x'\n[mqtt.tls]\nverfy = false\n[files]\nfsync = 'sometimes'\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    text = "\n".join(err.value.problems)
+    for where in ("colour", "mqtt.hots", "mqtt.tls.verfy", "files.fsync"):
+        assert where in text
+
+
+def test_environment_overrides_file_and_flags_override_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[mqtt]\nhost = 'from-file'\nport = 1111\nclient_id = 'file-id'\n")
+    monkeypatch.setenv("GATEWAY_MQTT__PORT", "2222")
+    monkeypatch.setenv("GATEWAY_MQTT__CLIENT_ID", "env-id")
+    args = build_parser().parse_args(
+        ["run", "--config", str(path), "--client-id", "flag-id", "--topic", "a/#", "--qos", "0"]
+    )
+    config = resolve_config(args)
+    assert config.mqtt.host == "from-file"
+    assert config.mqtt.port == 2222
+    assert config.mqtt.client_id == "flag-id"
+    assert [(s.filter, s.qos) for s in config.mqtt.subscriptions] == [("a/#", 0)]
+
+
+def test_flags_alone_are_enough_to_run(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--broker", "mqtts://alice@broker.example:8884",
+            "--data-dir", str(tmp_path),
+            "--metrics-addr", "0.0.0.0:9200",
+            "--topic", "x/+/+/telemetry",
+            "--topic", "$share/g/y/+/+/telemetry",
+        ]
+    )  # fmt: skip
+    config = apply_subscription_flags(resolve_config(args), args)
+    assert (config.mqtt.host, config.mqtt.port, config.mqtt.username) == (
+        "broker.example",
+        8884,
+        "alice",
+    )
+    assert config.mqtt.tls.enabled
+    assert config.mqtt.tls.verify
+    assert config.files.data_dir == tmp_path
+    assert (config.http.host, config.http.port) == ("0.0.0.0", 9200)
+    assert [s.effective_filter for s in config.mqtt.subscriptions] == [
+        "x/+/+/telemetry",
+        "$share/g/y/+/+/telemetry",
+    ]
+
+
+def test_a_password_in_the_broker_url_is_refused() -> None:
+    args = build_parser().parse_args(["run", "--broker", "mqtt://u:secret@h:1883"])
+    with pytest.raises(ConfigError, match="password"):
+        resolve_config(args)
+
+
+def test_password_comes_from_a_file_and_is_never_printed(tmp_path: Path) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text("s3cr3t-value\n")
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[mqtt]\nusername = 'gw'\npassword_file = '{secret}'\n")
+    config = load_config(path)
+    assert config.mqtt.read_password() == "s3cr3t-value"
+    out = _cli("check-config", str(path))
+    assert out.returncode == 0
+    assert "s3cr3t" not in out.stdout + out.stderr
+
+
+def test_check_config_masks_an_env_password(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[mqtt]\nusername = 'gw'\n")
+    out = _cli("check-config", str(path), env={"GATEWAY_MQTT__PASSWORD": "hunter2-secret"})
+    assert out.returncode == 0, out.stderr
+    shown = json.loads(out.stdout)
+    assert shown["mqtt"]["password"] == "**********"
+    assert "hunter2" not in out.stdout
+
+
+def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[mqtt]\nport = 70000\nclient_id = '../evil'\n[pipeline]\nworkers = 0\n")
+    out = _cli("check-config", str(path))
+    assert out.returncode == 2
+    for where in ("mqtt.port", "mqtt.client_id", "pipeline.workers"):
+        assert where in out.stderr
+
+
+def test_not_toml_and_missing_file_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[mqtt\nport=")
+    assert _cli("check-config", str(path)).returncode == 2
+    out = _cli("run", "--config", str(tmp_path / "absent.toml"))
+    assert out.returncode == 2
+    assert "no such file" in out.stderr
+
+
+def test_templates_must_name_whole_levels(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text("[[mqtt.subscriptions]]\ntemplate = 'a/dev-{device_id}/+'\n")
+    with pytest.raises(ConfigError, match=r"mqtt\.subscriptions\.0\.template"):
+        load_config(path)
+
+
+def test_example_toml_is_valid_toml() -> None:
+    assert tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        cwd=ROOT,
+    )

@@ -1,0 +1,285 @@
+"""Transforms: check_range rejects or flags, drop_duplicates forgets boundedly, convert_units."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import TypeAdapter
+
+from gateway.config import CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep, StepConfig
+from gateway.errors import DROP_REASONS, REJECT_REASONS, RejectedError
+from gateway.model import Reading
+from gateway.transforms import CheckRange, ConvertUnits, DropDuplicates, build_transform
+
+NOW = 1_795_604_400.0
+STEP = TypeAdapter(StepConfig)
+
+
+def reading(
+    metrics: dict[str, float] | None = None,
+    *,
+    device_id: str = "dev-1",
+    seq: int | None = None,
+    units: dict[str, str] | None = None,
+) -> Reading:
+    return Reading(
+        device_id=device_id,
+        ts=NOW,
+        received_at=NOW,
+        metrics={"temperature": 21.5} if metrics is None else metrics,
+        seq=seq,
+        units=units or {},
+    )
+
+
+def check_range(**fields: Any) -> CheckRange:
+    return CheckRange(CheckRangeStep(kind="check_range", metric="temperature", **fields))
+
+
+def convert(from_unit: str, to_unit: str) -> ConvertUnits:
+    return ConvertUnits(
+        ConvertUnitsStep(
+            kind="convert_units", metric="temperature", from_unit=from_unit, to_unit=to_unit
+        )
+    )
+
+
+# --- build_transform ---
+
+
+@pytest.mark.parametrize(
+    ("step", "kind"),
+    [
+        ({"kind": "check_range", "metric": "t", "min": 0}, CheckRange),
+        ({"kind": "drop_duplicates"}, DropDuplicates),
+        (
+            {"kind": "convert_units", "metric": "t", "from_unit": "degF", "to_unit": "degC"},
+            ConvertUnits,
+        ),
+    ],
+)
+def test_build_transform_makes_the_verb_its_step_names(step: dict[str, Any], kind: type) -> None:
+    assert isinstance(build_transform(STEP.validate_python(step)), kind)
+
+
+# --- check_range ---
+
+
+def test_a_value_inside_the_range_passes_unchanged() -> None:
+    r = reading({"temperature": 21.5})
+    assert check_range(min=-40, max=85)(r) is r
+    assert r.flags == []
+
+
+@pytest.mark.parametrize("value", [-40.0, 85.0])
+def test_the_bounds_themselves_are_inside_the_range(value: float) -> None:
+    assert check_range(min=-40, max=85)(reading({"temperature": value})).flags == []
+
+
+@pytest.mark.parametrize("value", [-40.5, 85.5, -1e300, 1e300])
+def test_reject_raises_out_of_range_for_a_value_outside(value: float) -> None:
+    with pytest.raises(RejectedError) as caught:
+        check_range(min=-40, max=85, action="reject")(reading({"temperature": value}))
+    assert caught.value.reason == "out_of_range"
+    assert caught.value.reason in REJECT_REASONS
+    assert "temperature" in caught.value.detail
+
+
+def test_flag_keeps_the_reading_and_marks_it_once() -> None:
+    step = check_range(max=85, action="flag")
+    r = reading({"temperature": 90.0, "humidity": 40.0})
+    assert step(r) is r
+    assert step(r) is r
+    assert r.flags == ["temperature:out_of_range"]
+    assert r.metrics == {"temperature": 90.0, "humidity": 40.0}
+
+
+def test_a_reading_without_the_metric_passes() -> None:
+    r = reading({"humidity": 400.0})
+    assert check_range(min=0, max=100)(r) is r
+
+
+def test_an_open_bound_is_unlimited() -> None:
+    assert check_range(min=0)(reading({"temperature": 1e300})).flags == []
+    assert check_range(max=0)(reading({"temperature": -1e300})).flags == []
+    with pytest.raises(RejectedError):
+        check_range(min=0)(reading({"temperature": -0.1}))
+
+
+def test_a_range_with_no_bounds_or_min_above_max_is_refused_at_build_time() -> None:
+    with pytest.raises(ValueError, match="give min, max or both"):
+        check_range()
+    with pytest.raises(ValueError, match=r"min 10\.0 > max 5\.0"):
+        check_range(min=10, max=5)
+
+
+# --- drop_duplicates ---
+
+
+def dedupe(window: int = 1024, max_devices: int = 100_000) -> DropDuplicates:
+    return DropDuplicates(
+        DropDuplicatesStep(kind="drop_duplicates", window=window, max_devices=max_devices)
+    )
+
+
+def test_a_repeated_device_and_seq_is_dropped() -> None:
+    step = dedupe()
+    first = reading(seq=7)
+    assert step(first) is first
+    assert step(reading(seq=7)) is None
+
+
+def test_the_drop_is_counted_as_a_duplicate() -> None:
+    assert dedupe().drop_reason == "duplicate"
+    assert dedupe().drop_reason in DROP_REASONS
+
+
+def test_the_same_seq_from_another_device_passes() -> None:
+    step = dedupe()
+    assert step(reading(seq=7, device_id="a")) is not None
+    assert step(reading(seq=7, device_id="b")) is not None
+
+
+def test_readings_without_seq_always_pass() -> None:
+    step = dedupe()
+    assert step(reading()) is not None
+    assert step(reading()) is not None
+    assert len(step) == 0, "nothing to remember without a seq"
+
+
+def test_only_the_last_window_seq_numbers_are_remembered() -> None:
+    step = dedupe(window=2)
+    for seq in (1, 2, 3):
+        assert step(reading(seq=seq)) is not None
+    assert step(reading(seq=3)) is None
+    assert step(reading(seq=2)) is None
+    assert step(reading(seq=1)) is not None, "1 fell out of the window of 2"
+
+
+def test_the_least_recently_seen_device_is_forgotten_first() -> None:
+    step = dedupe(max_devices=2)
+    step(reading(seq=1, device_id="a"))
+    step(reading(seq=1, device_id="b"))
+    step(reading(seq=2, device_id="a"))  # a is now more recent than b
+    step(reading(seq=1, device_id="c"))  # evicts b
+    assert len(step) == 2
+    assert step(reading(seq=1, device_id="a")) is None
+    assert step(reading(seq=1, device_id="b")) is not None, "b was forgotten"
+
+
+@given(
+    events=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 6)), max_size=60),
+    window=st.integers(1, 4),
+    max_devices=st.integers(1, 3),
+)
+def test_drop_duplicates_matches_a_plain_model_and_stays_bounded(
+    events: list[tuple[str, int]], window: int, max_devices: int
+) -> None:
+    step = dedupe(window, max_devices)
+    model: dict[str, list[int]] = {}  # device -> its last `window` new seqs; insertion = recency
+    for device, seq in events:
+        recent = model.pop(device, [])
+        duplicate = seq in recent
+        if not duplicate:
+            recent = [*recent, seq][-window:]
+        model[device] = recent
+        while len(model) > max_devices:
+            del model[next(iter(model))]
+        assert (step(reading(seq=seq, device_id=device)) is None) == duplicate
+        assert len(step) == len(model) <= max_devices
+
+
+# --- convert_units ---
+
+
+@pytest.mark.parametrize(
+    ("from_unit", "to_unit", "value", "expected"),
+    [
+        ("degF", "degC", 212.0, 100.0),
+        ("degF", "degC", -40.0, -40.0),
+        ("degC", "degF", 37.0, 98.6),
+        ("Cel", "degF", 0.0, 32.0),
+        ("K", "degC", 273.15, 0.0),
+        ("degC", "K", -273.15, 0.0),
+        ("degF", "K", 32.0, 273.15),
+        ("hPa", "Pa", 1013.25, 101325.0),
+        ("Pa", "kPa", 101325.0, 101.325),
+        ("kPa", "hPa", 1.0, 10.0),
+        ("m/s", "km/h", 10.0, 36.0),
+        ("km/h", "m/s", 36.0, 10.0),
+    ],
+)
+def test_a_value_is_converted_and_its_unit_recorded(
+    from_unit: str, to_unit: str, value: float, expected: float
+) -> None:
+    r = reading({"temperature": value, "other": value})
+    assert convert(from_unit, to_unit)(r) is r
+    assert r.metrics["temperature"] == pytest.approx(expected, abs=1e-9)
+    assert r.units == {"temperature": to_unit}
+    assert r.metrics["other"] == value, "only the configured metric changes"
+
+
+def test_a_reading_already_in_from_unit_or_its_alias_is_converted() -> None:
+    for unit in ("degC", "Cel"):
+        r = reading({"temperature": 100.0}, units={"temperature": unit})
+        convert("degC", "degF")(r)
+        assert (r.metrics["temperature"], r.units["temperature"]) == (pytest.approx(212.0), "degF")
+
+
+def test_a_reading_in_another_unit_is_left_alone() -> None:
+    r = reading({"temperature": 300.0}, units={"temperature": "K"})
+    convert("degF", "degC")(r)
+    assert r.metrics == {"temperature": 300.0}
+    assert r.units == {"temperature": "K"}
+
+
+def test_converting_twice_does_not_convert_again() -> None:
+    step = convert("degF", "degC")
+    r = reading({"temperature": 212.0})
+    step(step(r))
+    assert r.metrics["temperature"] == pytest.approx(100.0)
+
+
+def test_a_reading_without_the_metric_passes_unchanged() -> None:
+    r = reading({"humidity": 40.0})
+    assert convert("degF", "degC")(r) is r
+    assert r.units == {}
+
+
+def test_a_result_too_large_for_a_float_is_rejected() -> None:
+    with pytest.raises(RejectedError) as caught:
+        convert("kPa", "Pa")(reading({"temperature": 1.7e308}))
+    assert caught.value.reason == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("from_unit", "to_unit", "message"),
+    [
+        ("degX", "degC", "unknown from_unit 'degX'"),
+        ("degC", "furlong", "unknown to_unit 'furlong'"),
+        ("degC", "Pa", "cannot convert temperature"),
+        ("km/h", "hPa", "cannot convert speed"),
+    ],
+)
+def test_an_unknown_or_mismatched_unit_pair_is_refused_at_build_time(
+    from_unit: str, to_unit: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        convert(from_unit, to_unit)
+
+
+@given(
+    value=st.floats(-1e6, 1e6),
+    pair=st.sampled_from([("degF", "degC"), ("K", "degF"), ("hPa", "kPa"), ("m/s", "km/h")]),
+)
+def test_converting_there_and_back_gives_the_value_back(
+    value: float, pair: tuple[str, str]
+) -> None:
+    r = reading({"temperature": value})
+    convert(*pair)(r)
+    convert(pair[1], pair[0])(r)
+    assert r.metrics["temperature"] == pytest.approx(value, rel=1e-9, abs=1e-9)
+    assert r.units["temperature"] == pair[0]
