@@ -41,6 +41,10 @@ async def test_twenty_thousand_readings_from_500_devices_all_land_once_intact(
     seen = Counter((r["device_id"], r["seq"]) for r in rows)
     assert len(seen) == 20_000, "every (device, seq) is stored"
     assert max(seen.values()) == 1, "none twice on a clean run"
+    order: dict[str, list[int]] = {}
+    for row in rows:  # files are read in name order, lines in write order
+        order.setdefault(row["device_id"], []).append(row["seq"])
+    assert all(seqs == sorted(seqs) for seqs in order.values()), "each device keeps its order"
     sent = {(json.loads(p)["device_id"], json.loads(p)["seq"]): json.loads(p) for _, p in messages}
     for row in rows[::997]:
         original = sent[(row["device_id"], row["seq"])]

@@ -1,0 +1,168 @@
+"""The MQTT side: sessions that survive restarts, MQTT 5, shared subscriptions, the watchdog,
+QoS 0 policies and per-reading timeouts — each against a real Mosquitto."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from gateway import Gateway
+from gateway.model import Reading
+from tests.support.broker import Broker
+from tests.support.gateway import fleet, make_config, read_dead_letters, read_lines, running, topic
+from tests.support.gateway import reading_payload as payload
+from tests.support.poll import eventually
+from tests.support.publish import publish
+from tests.support.scrape import get, scrape, value
+
+
+def written(gateway: Gateway) -> float:
+    return gateway.metrics.readings_written._value.get()
+
+
+@pytest.mark.parametrize("protocol", ["3.1.1", "5"])
+async def test_readings_published_while_the_gateway_is_down_arrive_when_it_is_back(
+    broker: Broker, tmp_path: Path, unique: str, protocol: str
+) -> None:
+    prefix = f"{unique}p{protocol.replace('.', '')}"
+    config = make_config(broker, tmp_path, prefix, mqtt={"protocol": protocol})
+    async with running(Gateway(config)) as gateway:
+        await publish(broker.host, broker.port, fleet(prefix, devices=10, per_device=5))
+        await eventually(lambda: written(gateway) == 50)
+    # The gateway is gone; its persistent session keeps collecting QoS 1 messages.
+    later = [(topic(prefix, f"dev-{d:04d}"), payload(f"dev-{d:04d}", 100 + d)) for d in range(10)]
+    await publish(broker.host, broker.port, later)
+    async with running(Gateway(config)) as gateway:
+        await eventually(lambda: written(gateway) == 10, message="the queued ten arrive")
+    seqs = Counter(row["seq"] for row in read_lines(config.files.data_dir))
+    assert all(seqs[100 + d] == 1 for d in range(10))
+    assert sum(seqs.values()) == 60
+
+
+async def test_mqtt5_receive_maximum_bounds_the_unacked_window(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    """With MQTT 5 the broker may send at most receive_maximum unacked messages."""
+    gate = asyncio.Event()
+    peak = 0
+
+    async def hold(reading: Reading) -> Reading:
+        await gate.wait()
+        return reading
+
+    config = make_config(
+        broker,
+        tmp_path,
+        unique,
+        mqtt={"protocol": "5", "receive_maximum": 7},
+        pipeline={"processing_timeout_s": 60},
+    )
+    gateway = Gateway(config, transforms=[hold])
+    async with running(gateway):
+        sender = asyncio.create_task(
+            publish(broker.host, broker.port, fleet(unique, devices=5, per_device=10))
+        )
+        await eventually(lambda: gateway.metrics.messages_received._value.get() >= 7)
+        for _ in range(20):  # sample the window while the steps hold everything
+            samples = await scrape(gateway.http_url)
+            peak = max(peak, int(value(samples, "gateway_unacked_messages")))
+        assert gateway.metrics.messages_received._value.get() == 7, "no more than the window"
+        gate.set()
+        await sender
+        await eventually(lambda: written(gateway) == 50)
+    assert peak == 7
+
+
+async def test_a_shared_subscription_splits_the_load_between_gateways_without_overlap(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    template = f"{unique}/{{site}}/{{device_id}}/telemetry"
+    shared = {"filter": f"$share/{unique}/{unique}/+/+/telemetry", "template": template}
+    one = make_config(broker, tmp_path / "a", unique + "a", mqtt={"subscriptions": [shared]})
+    two = make_config(broker, tmp_path / "b", unique + "b", mqtt={"subscriptions": [shared]})
+    async with running(Gateway(one)) as first, running(Gateway(two)) as second:
+        await publish(broker.host, broker.port, fleet(unique, devices=20, per_device=20))
+        await eventually(lambda: written(first) + written(second) == 400)
+        assert written(first) > 0
+        assert written(second) > 0
+    rows = read_lines(one.files.data_dir) + read_lines(two.files.data_dir)
+    assert len({(r["device_id"], r["seq"]) for r in rows}) == len(rows) == 400
+
+
+async def test_the_stall_watchdog_makes_readyz_fail_until_messages_flow(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    config = make_config(broker, tmp_path, unique, mqtt={"stall_timeout_s": 0.5})
+    async with running(Gateway(config)) as gateway:
+        await eventually(lambda: gateway.metrics.mqtt_stalls._value.get() == 1, timeout_s=15)
+        status, body = await get(f"{gateway.http_url}/readyz")
+        assert status == 503
+        assert '"not_stalled": false' in body
+        await publish(broker.host, broker.port, [(topic(unique, "dev-1"), payload("dev-1", 1))])
+        await eventually(lambda: gateway.ready)
+        status, _ = await get(f"{gateway.http_url}/readyz")
+        assert status == 200
+        samples = await scrape(gateway.http_url)
+    assert value(samples, "gateway_mqtt_stalls_total") == 1
+    assert value(samples, "gateway_mqtt_stalled") == 0
+
+
+async def test_a_reading_past_its_deadline_is_dead_lettered_as_timeout(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    async def slow_for_one_device(reading: Reading) -> Reading:
+        if reading.device_id == "dev-slow":
+            await asyncio.Event().wait()  # never returns: only the deadline ends it
+        return reading
+
+    config = make_config(broker, tmp_path, unique, pipeline={"processing_timeout_s": 0.2})
+    gateway = Gateway(config, transforms=[slow_for_one_device])
+    messages = [(topic(unique, "dev-slow"), payload("dev-slow", 1))]
+    messages += [(topic(unique, "dev-fast"), payload("dev-fast", n)) for n in range(5)]
+    async with running(gateway):
+        await publish(broker.host, broker.port, messages)
+        await eventually(
+            lambda: gateway.metrics.in_flight._value.get() == 0 and written(gateway) == 5
+        )
+    dead = read_dead_letters(config.files.data_dir)
+    assert [(d["reason"], d["topic"]) for d in dead] == [("timeout", topic(unique, "dev-slow"))]
+    assert gateway.metrics.rejected["timeout"]._value.get() == 1
+
+
+async def test_qos0_drop_oldest_keeps_memory_bounded_and_counts_every_drop(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    gate = asyncio.Event()
+
+    async def hold(reading: Reading) -> Reading:
+        await gate.wait()
+        return reading
+
+    config = make_config(
+        broker,
+        tmp_path,
+        unique,
+        mqtt={
+            "subscriptions": [{"template": f"{unique}/{{site}}/{{device_id}}/telemetry", "qos": 0}]
+        },
+        pipeline={
+            "workers": 1,
+            "channel_capacity": 10,
+            "qos0_policy": "drop_oldest",
+            "processing_timeout_s": 60,
+        },
+    )
+    gateway = Gateway(config, transforms=[hold])
+    m = gateway.metrics
+    async with running(gateway):
+        await publish(broker.host, broker.port, fleet(unique, devices=1, per_device=200), qos=0)
+        await eventually(lambda: m.messages_received._value.get() == 200)
+        assert len(gateway._shards[0]) <= 10, "the channel never holds more than its capacity"
+        gate.set()
+        await eventually(lambda: m.in_flight._value.get() == 0)
+    dropped = m.dropped["queue_full"]._value.get()
+    assert dropped > 0
+    assert written(gateway) + dropped == 200
