@@ -23,6 +23,7 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry, version: str) -> None:
         self.registry = registry
+        self._depths: dict[str, Callable[[], float]] = {}
         r = registry
         Info("gateway_build", "Gateway build.", registry=r).info({"version": version})
 
@@ -124,6 +125,11 @@ class GatewayMetrics:
         self.mqtt_reconnects = Counter(
             "gateway_mqtt_reconnects", "Connection attempts after the first.", registry=r
         )
+        self.mqtt_sessions_lost = Counter(
+            "gateway_mqtt_sessions_lost",
+            "Reconnects where the broker no longer had our session (messages may be lost).",
+            registry=r,
+        )
         self.mqtt_redeliveries = Counter(
             "gateway_mqtt_redeliveries",
             "Messages the broker marked as redelivered (DUP).",
@@ -143,5 +149,25 @@ class GatewayMetrics:
 
     def track_channel(self, name: str, depth: Callable[[], float], capacity: int) -> None:
         """Read a channel's depth at scrape time."""
+        self._depths[name] = depth
         self._channel_depth.labels(name).set_function(depth)
         self._channel_capacity.labels(name).set(capacity)
+
+    def channel_depths(self) -> dict[str, float]:
+        return {name: depth() for name, depth in self._depths.items()}
+
+    def latency_quantile(self, q: float) -> float:
+        """An upper bound of the q-quantile of end-to-end latency, from the histogram buckets."""
+        buckets = [
+            (float(s.labels["le"]), s.value)
+            for metric in self.end_to_end_latency.collect()
+            for s in metric.samples
+            if s.name.endswith("_bucket")
+        ]
+        total = buckets[-1][1] if buckets else 0.0
+        if not total:
+            return 0.0
+        for bound, count in buckets:
+            if count >= q * total:
+                return bound
+        return buckets[-1][0]

@@ -166,3 +166,18 @@ async def test_qos0_drop_oldest_keeps_memory_bounded_and_counts_every_drop(
     dropped = m.dropped["queue_full"]._value.get()
     assert dropped > 0
     assert written(gateway) + dropped == 200
+
+
+async def test_a_reconnect_that_finds_no_session_is_counted_and_warned(
+    own_broker: Broker, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(own_broker, tmp_path, unique)
+    async with running(Gateway(config)) as gateway:
+        own_broker.stop()
+        for db in own_broker.workdir.glob("*.db"):
+            db.unlink()  # the broker comes back without our session
+        own_broker.start()
+        await eventually(lambda: gateway.metrics.mqtt_reconnects._value.get() > 0)
+        await eventually(lambda: gateway.checks()["broker_connected"])
+        assert gateway.metrics.mqtt_sessions_lost._value.get() == 1
+    assert "no session" in caplog.text

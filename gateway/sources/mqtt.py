@@ -87,6 +87,7 @@ class MqttSource:
         self._stalled = False
         self._last_message_at = time.monotonic()
         self._attempts = 0
+        self._connected_before = False
         # Matching ignores the `$share/<group>/` prefix: delivered topics never carry it.
         self._filters = [_unshared(s.effective_filter) for s in config.subscriptions]
         self.loop = asyncio.get_running_loop()
@@ -220,6 +221,16 @@ class MqttSource:
         except BaseException:
             self._drop(conn)
             raise
+        if not session_present and self._connected_before:
+            # Our session was gone (broker restarted without persistence, or the session
+            # expired): whatever was published while we were away was not kept for us.
+            self._metrics.mqtt_sessions_lost.inc()
+            log.warning(
+                "the broker had no session for %r on reconnect: messages published while we "
+                "were disconnected may be lost (check broker persistence and session expiry)",
+                cfg.client_id,
+            )
+        self._connected_before = True
         self._subscribed = True
         self._last_message_at = time.monotonic()
         self._metrics.mqtt_connected.set(1)

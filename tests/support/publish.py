@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from collections.abc import Iterable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 _ids = itertools.count()
+MAX_OUTSTANDING = 10_000
 
 
 def publish_sync(
@@ -23,16 +25,27 @@ def publish_sync(
     client.max_queued_messages_set(0)
     client.connect(host, port, keepalive=30)
     client.loop_start()
+    pending: deque[mqtt.MQTTMessageInfo] = deque()
+    count = 0
     try:
-        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
-        for info in infos:
-            info.wait_for_publish(timeout=timeout_s)
-            if not info.is_published():
-                raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
-        return len(infos)
+        for topic, payload in messages:
+            # Packet ids wrap at 65535: keep far fewer than that outstanding.
+            if len(pending) >= MAX_OUTSTANDING:
+                _settle(pending.popleft(), timeout_s)
+            pending.append(client.publish(topic, payload, qos=qos))
+            count += 1
+        while pending:
+            _settle(pending.popleft(), timeout_s)
+        return count
     finally:
         client.disconnect()
         client.loop_stop()
+
+
+def _settle(info: mqtt.MQTTMessageInfo, timeout_s: float) -> None:
+    info.wait_for_publish(timeout=timeout_s)
+    if not info.is_published():
+        raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
 
 
 async def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], qos: int = 1) -> int:

@@ -1,0 +1,517 @@
+"""Faults end to end: a killed gateway, a restarted broker, SIGTERM mid-stream, a disk that fails.
+
+Each test publishes QoS 1 readings through a real Mosquitto and proves from the files that none
+was lost. Duplicates are allowed wherever the README allows them (after a crash or a reconnect);
+they are counted and shown in the assertion messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest_asyncio
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway import Gateway
+from gateway.sinks.files import hour_partition
+from tests.support.broker import Broker, free_port
+from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
+from tests.support.poll import eventually
+from tests.support.publish import publish
+from tests.support.scrape import get, scrape, value
+
+ROOT = Path(__file__).resolve().parents[1]
+Key = tuple[str, int]
+_publishers = itertools.count()
+
+
+# -- what was sent, what is stored -------------------------------------------------------------
+
+
+def readings(
+    prefix: str, devices: int, seqs: Iterable[int], ts: float | None = None
+) -> list[tuple[str, bytes]]:
+    """One QoS 1 message per (device, seq), interleaved across devices."""
+    return [
+        (topic(prefix, f"dev-{d:04d}"), reading_payload(f"dev-{d:04d}", seq, ts=ts))
+        for seq in seqs
+        for d in range(devices)
+    ]
+
+
+def keys_of(messages: Iterable[tuple[str, bytes]]) -> set[Key]:
+    return {(body["device_id"], body["seq"]) for body in (json.loads(p) for _, p in messages)}
+
+
+def stored(data_dir: Path, include_open: bool = False) -> Counter[Key]:
+    """How often each (device, seq) is in the segments (open ones: complete lines only)."""
+    return Counter((r["device_id"], r["seq"]) for r in read_lines(data_dir, include_open))
+
+
+def holds_all(data_dir: Path, sent: set[Key]) -> Callable[[], bool]:
+    """A predicate for `eventually`: every key sent is on disk (sealed or still open)."""
+
+    def check() -> bool:
+        try:
+            return sent <= stored(data_dir, include_open=True).keys()
+        except FileNotFoundError:  # a segment sealed between the glob and the read
+            return False
+
+    return check
+
+
+def accounting(counts: Counter[Key], sent: set[Key]) -> tuple[set[Key], int, str]:
+    """(missing keys, duplicate lines, a one-line summary for assertion messages)."""
+    missing = sent - counts.keys()
+    duplicates = sum(n - 1 for n in counts.values() if n > 1)
+    summary = (
+        f"{len(sent)} sent, {len(counts)} distinct stored, {len(missing)} missing "
+        f"(e.g. {sorted(missing)[:5]}), {duplicates} duplicate lines"
+    )
+    return missing, duplicates, summary
+
+
+def open_segments(data_dir: Path) -> list[Path]:
+    return sorted(data_dir.glob("**/*.jsonl.open"))
+
+
+# -- a steady publisher that rides out broker restarts ------------------------------------------
+
+
+class Stream:
+    """Publishes QoS 1 messages from a thread at a steady pace until all are PUBACKed.
+
+    paho keeps each message until the broker acknowledges it and sends it again after it
+    reconnects (automatically, in its loop thread), so a stream survives a broker restart;
+    a message the broker stored just before stopping may then reach it twice.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        messages: list[tuple[str, bytes]],
+        per_round: int = 100,
+        pause_s: float = 0.05,
+    ) -> None:
+        self.messages = messages
+        self._per_round = per_round
+        self._pause_s = pause_s
+        self._acked: set[int] = set()
+        self._lock = threading.Lock()
+        self.published = threading.Event()
+        self.error: BaseException | None = None
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=f"faults-pub-{os.getpid()}-{next(_publishers)}",
+            protocol=mqtt.MQTTv311,
+        )
+        client.max_inflight_messages_set(100)
+        client.max_queued_messages_set(0)  # unbounded: nothing is refused while the broker is away
+        # Typed int, but paho only sleeps on them: sub-second delays keep the outage short.
+        client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        client.on_publish = self._on_publish
+        self._client = client
+        self._broker = broker
+        self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
+
+    def start(self) -> Stream:
+        self._client.connect(self._broker.host, self._broker.port, keepalive=30)
+        self._client.loop_start()
+        self._thread.start()
+        return self
+
+    @property
+    def acked(self) -> int:
+        with self._lock:
+            return len(self._acked)
+
+    @property
+    def done(self) -> bool:
+        return self.published.is_set() and self.acked == len(self.messages)
+
+    async def wait_all_acked(self, timeout_s: float = 60) -> None:
+        await eventually(
+            lambda: self.done or self.error is not None,
+            timeout_s=timeout_s,
+            interval_s=0.05,
+            message=f"all {len(self.messages)} PUBACKed by the broker",
+        )
+        assert self.error is None, f"publisher failed: {self.error!r}"
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._thread.join(timeout=10)
+
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            self._acked.add(mid)
+
+    def _run(self) -> None:
+        try:
+            for start in range(0, len(self.messages), self._per_round):
+                for topic_, payload in self.messages[start : start + self._per_round]:
+                    self._client.publish(topic_, payload, qos=1)
+                # Pacing, not synchronisation: keeps the stream flowing while a fault is injected.
+                time.sleep(self._pause_s)
+            self.published.set()
+        except BaseException as exc:  # surfaced by wait_all_acked
+            self.error = exc
+
+
+# -- the gateway as a process, as operators run it ----------------------------------------------
+
+
+class GatewayProcess:
+    """`python -m gateway run --config FILE`, its log in a file, polled over HTTP."""
+
+    def __init__(self, broker: Broker, tmp_path: Path, prefix: str) -> None:
+        self.data_dir = tmp_path / "data"
+        self.log_path = tmp_path / "gateway.log"
+        self.config_path = tmp_path / "gateway.toml"
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.config_path.write_text(
+            "shutdown_grace_s = 20\n"
+            "[mqtt]\n"
+            f'host = "{broker.host}"\n'
+            f"port = {broker.port}\n"
+            f'client_id = "gw-{prefix}"\n'
+            "keepalive_s = 10\n"
+            "reconnect_min_s = 0.1\n"
+            "reconnect_max_s = 1.0\n"
+            "[[mqtt.subscriptions]]\n"
+            f'template = "{prefix}/{{site}}/{{device_id}}/telemetry"\n'
+            "[files]\n"
+            f"data_dir = {json.dumps(str(self.data_dir))}\n"
+            "retry_min_s = 0.05\n"
+            "retry_max_s = 0.5\n"
+            "[http]\n"
+            'host = "127.0.0.1"\n'
+            f"port = {port}\n",
+            encoding="utf-8",
+        )
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=env,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def _alive(self) -> subprocess.Popen[bytes]:
+        assert self.proc is not None, "not started"
+        if self.proc.poll() is not None:
+            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log[-3000:]}")
+        return self.proc
+
+    async def ready(self, timeout_s: float = 45) -> None:
+        """Until /readyz answers 200 (connected and subscribed: our session exists)."""
+
+        async def is_ready() -> bool:
+            self._alive()
+            try:
+                status, _ = await get(f"{self.url}/readyz")
+            except OSError:  # not listening yet
+                return False
+            return status == 200
+
+        await eventually(is_ready, timeout_s=timeout_s, interval_s=0.1, message="/readyz 200")
+
+    async def metric(self, name: str, **labels: str) -> float:
+        self._alive()
+        return value(await scrape(self.url), name, **labels)
+
+    def kill(self) -> None:
+        proc = self._alive()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    async def terminate(self, timeout_s: float = 60) -> int:
+        """SIGTERM, then the exit code once it has drained and stopped."""
+        proc = self._alive()
+        proc.send_signal(signal.SIGTERM)
+        await eventually(
+            lambda: proc.poll() is not None,
+            timeout_s=timeout_s,
+            interval_s=0.05,
+            message="gateway exits after SIGTERM",
+        )
+        return proc.returncode
+
+    def cleanup(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest_asyncio.fixture
+async def gateway_process(
+    broker: Broker, tmp_path: Path, unique: str
+) -> AsyncIterator[GatewayProcess]:
+    gw = GatewayProcess(broker, tmp_path, unique)
+    try:
+        yield gw
+    finally:
+        gw.cleanup()
+
+
+def written_at_least(gw: GatewayProcess, count: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return await gw.metric("gateway_readings_written_total") >= count
+
+    return check
+
+
+# -- 1. SIGKILL ------------------------------------------------------------------------------
+
+
+async def test_a_gateway_killed_mid_stream_loses_nothing_once_restarted(
+    broker: Broker, gateway_process: GatewayProcess, unique: str
+) -> None:
+    gw = gateway_process
+    streamed = readings(unique, devices=100, seqs=range(60))  # 6,000
+    while_down = readings(unique, devices=100, seqs=range(60, 70))  # 1,000
+    sent = keys_of(streamed) | keys_of(while_down)
+    gw.start()
+    await gw.ready()
+    stream = Stream(broker, streamed, per_round=100, pause_s=0.06).start()
+    try:
+        await eventually(
+            written_at_least(gw, 600), timeout_s=60, interval_s=0.05, message="600 written"
+        )
+        gw.kill()
+        assert not stream.published.is_set(), "the kill came after the stream ended"
+        left_open = open_segments(gw.data_dir)
+        assert left_open, "a killed gateway leaves its segment open"
+        await publish(broker.host, broker.port, while_down)
+        await stream.wait_all_acked()
+    finally:
+        stream.close()
+
+    gw.start()
+    await gw.ready()
+    # Recovery ran before the gateway subscribed: the crash-left segments are sealed.
+    assert not any(path.exists() for path in left_open), "recovery sealed the crash-left segments"
+    assert all(path.with_suffix("").exists() for path in left_open)
+    samples = await scrape(gw.url)
+    torn = samples.get(("gateway_torn_lines_recovered_total", (("sink", "files"),)))
+    assert torn is not None, "gateway_torn_lines_recovered_total is exported"
+    assert value(samples, "gateway_segments_sealed_total", sink="files") >= len(left_open)
+    await eventually(
+        holds_all(gw.data_dir, sent), timeout_s=60, interval_s=0.2, message="all on disk"
+    )
+    assert await gw.terminate() == 0
+
+    assert not open_segments(gw.data_dir), "a clean stop seals every segment"
+    missing, _, summary = accounting(stored(gw.data_dir), sent)
+    assert not missing, f"readings lost across SIGKILL ({torn:.0f} torn lines cut): {summary}"
+
+
+# -- 2. broker restart --------------------------------------------------------------------------
+
+
+async def test_a_broker_restart_mid_stream_loses_nothing_and_the_gateway_reconnects(
+    own_broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    config = make_config(own_broker, tmp_path, unique)
+    data_dir = config.files.data_dir
+    before = readings(unique, devices=50, seqs=range(20))  # 1,000
+    during = readings(unique, devices=50, seqs=range(20, 80))  # 3,000 over ~3 s
+    after = readings(unique, devices=50, seqs=range(80, 100))  # 1,000
+    sent = keys_of(before) | keys_of(during) | keys_of(after)
+    async with running(Gateway(config)) as gateway:
+        await publish(own_broker.host, own_broker.port, before)
+        stream = Stream(own_broker, during, per_round=50, pause_s=0.05).start()
+        try:
+            await eventually(lambda: stream.acked >= 500, message="the stream flows")
+            await asyncio.to_thread(own_broker.restart)
+            assert not stream.published.is_set(), "the restart came after the stream ended"
+
+            async def back() -> bool:
+                samples = await scrape(gateway.http_url)
+                status, _ = await get(f"{gateway.http_url}/readyz")
+                return value(samples, "gateway_mqtt_reconnects_total") > 0 and status == 200
+
+            await eventually(back, timeout_s=30, interval_s=0.1, message="reconnected and ready")
+            await stream.wait_all_acked()
+        finally:
+            stream.close()
+        await publish(own_broker.host, own_broker.port, after)
+        await eventually(
+            holds_all(data_dir, sent), timeout_s=60, interval_s=0.2, message="all on disk"
+        )
+        samples = await scrape(gateway.http_url)
+    assert value(samples, "gateway_mqtt_reconnects_total") >= 1
+    missing, _, summary = accounting(stored(data_dir), sent)
+    assert not missing, f"readings lost across a broker restart: {summary}"
+
+
+# -- 3. SIGTERM -------------------------------------------------------------------------------
+
+
+async def test_sigterm_mid_stream_drains_seals_exits_0_and_leaves_the_rest_at_the_broker(
+    broker: Broker, gateway_process: GatewayProcess, unique: str
+) -> None:
+    gw = gateway_process
+    streamed = readings(unique, devices=100, seqs=range(40))  # 4,000
+    sent = keys_of(streamed)
+    gw.start()
+    await gw.ready()
+    stream = Stream(broker, streamed, per_round=100, pause_s=0.06).start()
+    try:
+        await eventually(
+            written_at_least(gw, 500), timeout_s=60, interval_s=0.05, message="500 written"
+        )
+        code = await gw.terminate()
+        assert not stream.published.is_set(), "SIGTERM came after the stream ended"
+        # The broker keeps accepting: what the gateway did not take is queued for its session.
+        await stream.wait_all_acked()
+    finally:
+        stream.close()
+    assert code == 0, gw.log[-3000:]
+    assert not open_segments(gw.data_dir), "segments are sealed on SIGTERM"
+    assert "drained: everything received is stored and acked" in gw.log, gw.log[-3000:]
+    first_run = stored(gw.data_dir)
+    assert 0 < len(first_run) < len(sent)
+
+    gw.start()
+    await gw.ready()
+    await eventually(
+        holds_all(gw.data_dir, sent), timeout_s=60, interval_s=0.2, message="all on disk"
+    )
+    assert await gw.terminate() == 0
+    assert not open_segments(gw.data_dir)
+    missing, duplicates, summary = accounting(stored(gw.data_dir), sent)
+    assert not missing, f"readings lost across SIGTERM: {summary}"
+    # A drained stop acked everything it stored, so the broker had nothing of it to redeliver.
+    assert duplicates == 0, f"a clean stop redelivered stored readings: {summary}"
+
+
+# -- 4. and 5. a partition the sink cannot create -------------------------------------------
+
+
+NOT_A_DIRECTORY = {"sink": "files", "reason": "not_a_directory"}
+
+
+def sample(gateway: Gateway, name: str, **labels: str) -> float:
+    """A sample of an in-process gateway's registry; 0 when absent."""
+    return gateway.registry.get_sample_value(name, labels) or 0.0
+
+
+def block_partition(data_dir: Path, ts: float) -> Path:
+    """Put a regular file where the readings' hour directory must go (mkdir fails: EEXIST)."""
+    blocker = data_dir / hour_partition(ts)
+    blocker.parent.mkdir(parents=True)
+    blocker.write_text("not a directory\n", encoding="utf-8")
+    return blocker
+
+
+def this_hour() -> float:
+    """The start of the current UTC hour: readings stamped with it share one partition."""
+    return float(int(time.time() // 3600) * 3600)
+
+
+async def test_a_write_failure_acks_nothing_fails_readyz_and_recovers_exactly_once(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    config = make_config(broker, tmp_path, unique)
+    ts = this_hour()
+    blocker = block_partition(config.files.data_dir, ts)
+    messages = readings(unique, devices=100, seqs=range(5), ts=ts)  # 500
+    sent = keys_of(messages)
+    async with running(Gateway(config)) as gateway:
+        url = gateway.http_url
+        await publish(broker.host, broker.port, messages)
+
+        async def refused() -> bool:
+            samples = await scrape(url)
+            status, body = await get(f"{url}/readyz")
+            return (
+                status == 503
+                and json.loads(body)["checks"]["sink_writable"] is False
+                and value(samples, "gateway_write_errors_total", **NOT_A_DIRECTORY) > 0
+                and value(samples, "gateway_unacked_messages") > 0
+            )
+
+        await eventually(refused, message="503, not_a_directory counted, messages unacked")
+        samples = await scrape(url)
+        assert value(samples, "gateway_readings_written_total") == 0
+        assert value(samples, "gateway_sink_writable", sink="files") == 0
+
+        blocker.unlink()
+
+        async def recovered() -> bool:
+            samples = await scrape(url)
+            status, _ = await get(f"{url}/readyz")
+            return (
+                value(samples, "gateway_readings_written_total") == len(sent)
+                and value(samples, "gateway_unacked_messages") == 0
+                and status == 200
+            )
+
+        await eventually(recovered, message="all written, all acked, ready")
+        samples = await scrape(url)
+    assert value(samples, "gateway_mqtt_redeliveries_total") == 0
+    counts = stored(config.files.data_dir)
+    missing, duplicates, summary = accounting(counts, sent)
+    assert not missing, summary
+    assert duplicates == 0, f"written exactly once: {summary}"
+
+
+async def test_acks_wait_for_the_disk_so_a_stop_while_writes_fail_loses_nothing(
+    own_broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    config = make_config(own_broker, tmp_path, unique).model_copy(update={"shutdown_grace_s": 2})
+    ts = this_hour()
+    blocker = block_partition(config.files.data_dir, ts)
+    messages = readings(unique, devices=100, seqs=range(5), ts=ts)  # 500
+    sent = keys_of(messages)
+    first = Gateway(config)
+    async with running(first):
+        await publish(own_broker.host, own_broker.port, messages)
+        await eventually(
+            lambda: (
+                sample(first, "gateway_unacked_messages") > 0
+                and sample(first, "gateway_write_errors_total", **NOT_A_DIRECTORY) > 0
+            ),
+            message="received, failing to write, unacked",
+        )
+        # Leaving the block stops it: the drain cannot finish within 2 s and gives up.
+    assert sample(first, "gateway_readings_written_total") == 0
+    assert not read_lines(config.files.data_dir, include_open=True)
+
+    blocker.unlink()
+    second = Gateway(config)
+    async with running(second):
+        await eventually(
+            lambda: sample(second, "gateway_readings_written_total") >= len(sent),
+            message="every reading redelivered and written",
+        )
+    redelivered = sample(second, "gateway_mqtt_redeliveries_total")
+    assert redelivered > 0, "the unacked in-flight messages came back flagged DUP"
+    missing, _, summary = accounting(stored(config.files.data_dir), sent)
+    assert not missing, f"readings lost though never acked: {summary}"
