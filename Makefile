@@ -12,7 +12,7 @@ help:
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,demo]'
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv with the gateway and its dev tools
@@ -25,6 +25,9 @@ test: system-deps install ## run the whole test suite (real Mosquitto, real file
 
 lint: install ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+demo: install ## embedded broker + 200 simulated devices + gateway + metrics; Ctrl-C prints the audit
+	$(BIN)/gateway demo
 
 run: system-deps install ## run the gateway against a local Mosquitto on 127.0.0.1:1883
 	./scripts/run-local.sh

@@ -13,7 +13,9 @@ from typing import Any
 
 from gateway._version import __version__
 from gateway.app import Gateway
+from gateway.audit import main_audit
 from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
+from gateway.demo import main_demo
 from gateway.errors import ConfigError
 from gateway.logs import setup_logging
 
@@ -47,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file", type=Path)
+    sub.add_parser(
+        "demo", help="broker + simulated fleet + gateway + metrics, then an audit", add_help=False
+    )
+    sub.add_parser("audit", help="compare a simulator manifest with the files", add_help=False)
     return parser
 
 
@@ -99,6 +105,12 @@ def masked_config(config: GatewayConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # These own their flags; hand them the rest of the command line.
+    if argv[:1] == ["demo"]:
+        return main_demo(argv[1:])
+    if argv[:1] == ["audit"]:
+        return main_audit(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)

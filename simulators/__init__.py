@@ -1,0 +1,1 @@
+"""Device simulators: a fleet of virtual devices publishing telemetry, faults included, to MQTT."""

@@ -1,0 +1,5 @@
+"""`python -m simulators` -> cli.main()."""
+
+from simulators.cli import main
+
+raise SystemExit(main())

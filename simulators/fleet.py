@@ -1,0 +1,206 @@
+"""Runs the fleet: devices spread over processes, their progress summed, their manifests merged."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import queue
+import signal
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from gateway.manifest import ManifestHeader, write_manifest
+from simulators.payloads import format_ts
+from simulators.spec import RunSpec
+from simulators.worker import Progress, WorkerResult, run_worker
+
+
+@dataclass
+class FleetResult:
+    """What the whole fleet did."""
+
+    spec: RunSpec
+    workers: list[WorkerResult]
+    started_at: float
+    finished_at: float
+    manifest: Path | None
+
+    def total(self, name: str) -> int:
+        return sum(int(getattr(w, name)) for w in self.workers)
+
+    @property
+    def faults(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for w in self.workers:
+            total.update(w.faults)
+        return total
+
+    @property
+    def errors(self) -> list[str]:
+        return [f"process {w.process}: {w.error}" for w in self.workers if w.error]
+
+    @property
+    def publish_window_s(self) -> float:
+        """From the first publish of any process to the last message written by any."""
+        firsts = [w.first_at for w in self.workers if w.first_at is not None]
+        lasts = [w.last_at for w in self.workers if w.last_at is not None]
+        if not firsts or not lasts:
+            return 0.0
+        return max(lasts) - min(firsts)
+
+    @property
+    def rate(self) -> float:
+        window = self.publish_window_s
+        return self.total("messages_sent") / window if window > 0 else 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.total("errors") == 0 and self.total("unacked") == 0
+
+
+def _process_main(
+    spec: RunSpec,
+    *,
+    process: int,
+    first: int,
+    stop_index: int,
+    part: Path | None,
+    results: multiprocessing.Queue[tuple[str, int, object]],
+) -> None:
+    """Entry point of a spawned process: run, and report progress and the result on `results`."""
+    # Ctrl-C reaches every process of the terminal's group; the parent turns it into one SIGTERM
+    # per child, so each stops once, drains, and still reports what it sent.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def report(progress: Progress) -> None:
+        results.put(("progress", process, progress))
+
+    try:
+        result = asyncio.run(
+            run_worker(
+                spec, process=process, first=first, stop_index=stop_index, report=report, part=part
+            )
+        )
+    except Exception as exc:  # reported to the parent, which prints it and exits non-zero
+        result = WorkerResult(process=process, devices=stop_index - first, error=repr(exc))
+    results.put(("done", process, result))
+
+
+def split(devices: int, processes: int) -> list[tuple[int, int]]:
+    """Contiguous [first, stop) device ranges, as even as possible."""
+    bounds = [devices * p // processes for p in range(processes + 1)]
+    return [(bounds[p], bounds[p + 1]) for p in range(processes)]
+
+
+def _run_processes(
+    spec: RunSpec, parts: list[Path | None], on_progress: Callable[[Progress], None]
+) -> list[WorkerResult]:
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads or a loop
+    results_q: multiprocessing.Queue[tuple[str, int, object]] = ctx.Queue()
+    ranges = split(spec.devices, spec.processes)
+    procs = [
+        ctx.Process(
+            target=_process_main,
+            args=(spec,),
+            kwargs={
+                "process": p,
+                "first": first,
+                "stop_index": stop,
+                "part": parts[p],
+                "results": results_q,
+            },
+            name=f"gateway-sim-{p}",
+        )
+        for p, (first, stop) in enumerate(ranges)
+    ]
+
+    def stop_children(signum: int = 0, frame: FrameType | None = None) -> None:
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: the child stops, drains and reports
+
+    # Handlers, not KeyboardInterrupt: Ctrl-C must not tear this loop down before the children
+    # have reported what they sent.
+    previous = {sig: signal.signal(sig, stop_children) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for proc in procs:
+        proc.start()
+    results: dict[int, WorkerResult] = {}
+    latest: dict[int, Progress] = {}
+    silent_polls = 0
+    try:
+        while len(results) < len(procs):
+            try:
+                kind, p, payload = results_q.get(timeout=0.2)
+            except queue.Empty:
+                silent_polls += 1
+                if silent_polls >= 10:  # 2 s without a word: anyone dead without a result?
+                    for p, proc in enumerate(procs):
+                        if p not in results and not proc.is_alive():
+                            results[p] = WorkerResult(
+                                process=p,
+                                devices=ranges[p][1] - ranges[p][0],
+                                error=f"exited with code {proc.exitcode} without a result",
+                            )
+                continue
+            silent_polls = 0
+            if kind == "progress":
+                assert isinstance(payload, Progress)
+                latest[p] = payload
+                on_progress(sum(latest.values(), Progress()))
+            else:
+                assert isinstance(payload, WorkerResult)
+                results[p] = payload
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for proc in procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+    return [results[p] for p in range(len(procs))]
+
+
+def run_fleet(
+    spec: RunSpec, manifest: Path | None, on_progress: Callable[[Progress], None]
+) -> FleetResult:
+    """Run the fleet (in this process when --processes 1) and write the merged manifest."""
+    started = time.time()
+    parts: list[Path | None] = [
+        manifest.with_name(f"{manifest.name}.part-{p}") if manifest else None
+        for p in range(spec.processes)
+    ]
+    if spec.processes == 1:
+        only = run_worker(
+            spec, process=0, first=0, stop_index=spec.devices, report=on_progress, part=parts[0]
+        )
+        workers = [asyncio.run(only)]
+    else:
+        workers = _run_processes(spec, parts, on_progress)
+    finished = time.time()
+    result = FleetResult(spec, workers, started, finished, manifest)
+    if manifest is not None:
+        header = ManifestHeader(
+            seed=spec.seed,
+            format=spec.format,
+            qos=spec.qos,
+            topic_template=spec.topic_template,
+            device_id_pattern=spec.device_id_pattern,
+            profile=spec.profile.name,
+            devices=spec.devices,
+            started_at=format_ts(int(started * 1000)),
+            finished_at=format_ts(int(finished * 1000)),
+            messages_sent=result.total("messages_sent"),
+            readings_sent=result.total("readings_sent"),
+            messages_unacked=result.total("unacked"),
+            faults=dict(sorted(result.faults.items())),
+        )
+        written = [Path(w.part) for w in workers if w.part]
+        write_manifest(manifest, header, parts=written)
+        for path in written:
+            path.unlink()
+    return result
