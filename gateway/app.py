@@ -21,6 +21,7 @@ from gateway.errors import ConfigError, DecodeError
 from gateway.http import HttpServer
 from gateway.metrics import GatewayMetrics, Registry
 from gateway.model import AckCountdown, Envelope, Inbound, Reading, Rejection
+from gateway.sensor_values import SensorValues
 from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
 from gateway.sources.mqtt import MqttSource
@@ -64,7 +65,13 @@ class Gateway:
         m.track_channel("rejects", lambda: len(self._rejects), capacity)
         m.devices_seen.set_function(lambda: len(self._devices))
         client_id = config.mqtt.client_id
-        self._files = FileSink(config.files, client_id, m)
+        # Opt-in: when off, nothing is built and the file sink pays nothing per batch.
+        self.sensor_values: SensorValues | None = None
+        if config.sensor_values.enabled:
+            self.sensor_values = SensorValues(config.sensor_values)
+            m.export_sensor_values(self.sensor_values)
+        on_durable = self.sensor_values.observe if self.sensor_values is not None else None
+        self._files = FileSink(config.files, client_id, m, on_durable)
         self._dead_letter = DeadLetterSink(config.dead_letter, config.files, client_id, m)
         self._source: MqttSource | None = None
         self._http = HttpServer(config.http, self.registry, self.checks)

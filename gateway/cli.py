@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_l
 from gateway.demo import main_demo
 from gateway.errors import ConfigError
 from gateway.logs import setup_logging
+from gateway.supervisor import Supervisor, detach_from_terminal
 
 log = logging.getLogger("gateway")
 
@@ -46,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-addr", metavar="HOST:PORT", help="HTTP listen address")
     run.add_argument("--log-format", choices=("text", "json"), help="log format")
     run.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    run.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N worker gateways on a shared subscription (ids <client-id>-w0..), supervised",
+    )
 
     check = sub.add_parser("check-config", help="validate a config file and print it")
     check.add_argument("file", type=Path)
@@ -53,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="broker + simulated fleet + gateway + metrics, then an audit", add_help=False
     )
     sub.add_parser("audit", help="compare a simulator manifest with the files", add_help=False)
+    sub.add_parser("top", help="live view of a running gateway's metrics", add_help=False)
     return parser
 
 
@@ -111,16 +120,43 @@ def main(argv: list[str] | None = None) -> int:
         return main_demo(argv[1:])
     if argv[:1] == ["audit"]:
         return main_audit(argv[1:])
+    if argv[:1] == ["top"]:
+        # Imported here so that rich is loaded only for this command, not in every worker.
+        from gateway.top import main_top  # noqa: PLC0415
+
+        return main_top(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "check-config":
         return check_config(args.file)
     try:
+        if args.processes < 1:
+            raise ConfigError(f"--processes {args.processes}: must be at least 1")
         config = resolve_config(args)
     except ConfigError as exc:
         print_problems(exc)
         return EXIT_CONFIG
     setup_logging(config.logging.level, config.logging.format)
+    if args.processes > 1:
+        return run_supervised(config, args.processes)
     return run_gateway(config)
+
+
+def run_supervised(config: GatewayConfig, processes: int) -> int:
+    async def serve() -> int:
+        supervisor = Supervisor(config, processes, run_worker)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, supervisor.stop)
+        return await supervisor.run()
+
+    return asyncio.run(serve())
+
+
+def run_worker(config: GatewayConfig, name: str) -> None:
+    """A worker process of `--processes N` (spawned: a fresh interpreter)."""
+    detach_from_terminal()
+    setup_logging(config.logging.level, config.logging.format, worker=name)
+    sys.exit(run_gateway(config))
 
 
 def print_problems(exc: ConfigError) -> None:

@@ -299,6 +299,41 @@ class LoggingConfig(_Part):
     format: Literal["text", "json"] = Field("text", description="text for people, json for tools.")
 
 
+class SensorValuesConfig(_Part):
+    """Opt-in export of the latest value per device and metric as gateway_sensor_value."""
+
+    enabled: bool = Field(
+        False,
+        description="Export gateway_sensor_value{device_id,metric,<tags>}: one series per device "
+        "and metric (off by default: device labels are the one exception to fixed label sets).",
+    )
+    max_series: int = Field(
+        10000,
+        ge=1,
+        description="Hard cap on series; a new series beyond it is refused and counted in "
+        "gateway_sensor_series_refused_total.",
+    )
+    expiry_s: float = Field(
+        600.0, gt=0, description="A device silent this long has its series removed."
+    )
+    tags: tuple[str, ...] = Field(
+        ("site",), description="Reading tags (topic template fields) that become labels."
+    )
+
+    @field_validator("tags")
+    @classmethod
+    def _label_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for tag in value:
+            # Prometheus label names; `__` is reserved, device_id and metric are taken.
+            if not re.fullmatch(r"[a-z_][a-z0-9_]*", tag) or tag.startswith("__"):
+                raise ValueError(f"{tag!r}: use a topic template field name (a-z, 0-9, _)")
+            if tag in ("device_id", "metric"):
+                raise ValueError(f"{tag!r} is always a label; list only other tags")
+        if len(set(value)) != len(value):
+            raise ValueError("a tag is listed twice")
+        return value
+
+
 class GatewayConfig(BaseSettings):
     """Everything the gateway needs; defaults alone run against a local broker."""
 
@@ -318,6 +353,9 @@ class GatewayConfig(BaseSettings):
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig, description="Rejects.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Metrics and health.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
+    sensor_values: SensorValuesConfig = Field(
+        default_factory=SensorValuesConfig, description="Opt-in per-device value export."
+    )
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="On SIGTERM, time to drain and seal before giving up."
     )

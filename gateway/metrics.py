@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from gateway.errors import DROP_REASONS, REJECT_REASONS, WRITE_ERROR_REASONS
+from gateway.sensor_values import SensorValues
 
 # Device clocks are coarse and the path is short: buckets from 1 ms to 1 min.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -26,6 +30,9 @@ class GatewayMetrics:
         self._depths: dict[str, Callable[[], float]] = {}
         r = registry
         Info("gateway_build", "Gateway build.", registry=r).info({"version": version})
+        # process_cpu_seconds_total, process_resident_memory_bytes, process_open_fds, ...: a
+        # fresh registry has none of them (only prometheus_client's global one does).
+        ProcessCollector(registry=r)
 
         self.messages_received = Counter(
             "gateway_messages_received", "MQTT messages received.", registry=r
@@ -153,6 +160,10 @@ class GatewayMetrics:
         self._channel_depth.labels(name).set_function(depth)
         self._channel_capacity.labels(name).set(capacity)
 
+    def export_sensor_values(self, values: SensorValues) -> None:
+        """Expose gateway_sensor_value and its bookkeeping, read from `values` at scrape time."""
+        self.registry.register(SensorValuesCollector(values))
+
     def channel_depths(self) -> dict[str, float]:
         return {name: depth() for name, depth in self._depths.items()}
 
@@ -171,3 +182,108 @@ class GatewayMetrics:
             if count >= q * total:
                 return bound
         return buckets[-1][0]
+
+
+class SupervisorMetrics:
+    """The supervisor's own metrics, beside the workers' merged ones."""
+
+    def __init__(self, registry: CollectorRegistry, processes: int) -> None:
+        self.running = Gauge("gateway_workers", "Worker processes running.", registry=registry)
+        Gauge("gateway_workers_configured", "Worker processes configured.", registry=registry).set(
+            processes
+        )
+        self.restarts = Counter(
+            "gateway_worker_restarts", "Workers restarted after they died.", registry=registry
+        )
+
+
+class MergedWorkers(Collector):
+    """The sum of several worker gateways' metrics, for `gateway run --processes N`.
+
+    Each worker is a whole gateway with its own registry and port; the supervisor scrapes them
+    and this re-exposes one view: counters, gauges and histogram buckets summed per label set
+    (so `gateway_mqtt_connected` counts connected workers), `*_info` kept once. Texts are cached
+    by the supervisor's poll, so a scrape never waits on a worker.
+    """
+
+    def __init__(self) -> None:
+        self._texts: dict[str, str] = {}
+
+    def update(self, worker: str, text: str | None) -> None:
+        if text is None:
+            self._texts.pop(worker, None)
+        else:
+            self._texts[worker] = text
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        for text in list(self._texts.values()):
+            for family in text_string_to_metric_families(text):
+                if family.name.startswith(("process_", "python_")):
+                    continue  # per process; summing them says nothing
+                merged = families.setdefault(
+                    family.name, Metric(family.name, family.documentation, family.type)
+                )
+                acc = sums.setdefault(merged.name, {})
+                for s in family.samples:
+                    if s.name.endswith("_created"):
+                        continue
+                    key = (s.name, tuple(sorted(s.labels.items())))
+                    if family.type == "info" or s.name.endswith("_info"):
+                        acc[key] = max(acc.get(key, 0.0), s.value)
+                    else:
+                        acc[key] = acc.get(key, 0.0) + s.value
+        for name, metric in families.items():
+            for (sample, labels), total in sums[name].items():
+                metric.add_sample(sample, dict(labels), total)
+            yield metric
+
+
+class SensorValuesCollector(Collector):
+    """The opt-in per-device gauge. Built at scrape time, so an expired series just disappears."""
+
+    def __init__(self, values: SensorValues) -> None:
+        self._values = values
+        self._labels = ["device_id", "metric", *values.tag_names]
+
+    def describe(self) -> list[Metric]:
+        return self._families(None)
+
+    def collect(self) -> list[Metric]:
+        # Scrapes run on the event loop (prometheus_client.aiohttp), as observe() does: no locks.
+        self._values.expire()
+        return self._families(self._values)
+
+    def _families(self, values: SensorValues | None) -> list[Metric]:
+        latest = GaugeMetricFamily(
+            "gateway_sensor_value",
+            "Latest durably written value per device and metric (opt-in; capped; expires).",
+            labels=self._labels,
+        )
+        series = GaugeMetricFamily("gateway_sensor_series", "Series in gateway_sensor_value.")
+        refused = CounterMetricFamily(
+            "gateway_sensor_series_refused",
+            "Values not exported because a new series would pass sensor_values.max_series.",
+        )
+        if values is not None:
+            for device_id, metric, tags, value in values.items():
+                latest.add_metric([device_id, metric, *(t or "" for t in tags)], value)
+            series.add_metric([], values.series)
+            refused.add_metric([], values.refused)
+        return [latest, series, refused]
+
+
+Exposition = dict[str, list[tuple[dict[str, str], float]]]
+
+
+def parse_exposition(text: str) -> Exposition:
+    """Prometheus text format -> sample name -> [(labels, value)]; ValueError when malformed.
+
+    Here because prometheus_client has one owner (STYLE.md §2); `gateway top` reads /metrics so.
+    """
+    samples: Exposition = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples

@@ -11,9 +11,6 @@ import asyncio
 import itertools
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,13 +24,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
 from gateway.sinks.files import hour_partition
-from tests.support.broker import Broker, free_port
+from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
 from tests.support.poll import eventually
+from tests.support.process import GatewayProcess
 from tests.support.publish import publish
 from tests.support.scrape import get, scrape, value
 
-ROOT = Path(__file__).resolve().parents[1]
 Key = tuple[str, int]
 _publishers = itertools.count()
 
@@ -173,99 +170,6 @@ class Stream:
 
 
 # -- the gateway as a process, as operators run it ----------------------------------------------
-
-
-class GatewayProcess:
-    """`python -m gateway run --config FILE`, its log in a file, polled over HTTP."""
-
-    def __init__(self, broker: Broker, tmp_path: Path, prefix: str) -> None:
-        self.data_dir = tmp_path / "data"
-        self.log_path = tmp_path / "gateway.log"
-        self.config_path = tmp_path / "gateway.toml"
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.config_path.write_text(
-            "shutdown_grace_s = 20\n"
-            "[mqtt]\n"
-            f'host = "{broker.host}"\n'
-            f"port = {broker.port}\n"
-            f'client_id = "gw-{prefix}"\n'
-            "keepalive_s = 10\n"
-            "reconnect_min_s = 0.1\n"
-            "reconnect_max_s = 1.0\n"
-            "[[mqtt.subscriptions]]\n"
-            f'template = "{prefix}/{{site}}/{{device_id}}/telemetry"\n'
-            "[files]\n"
-            f"data_dir = {json.dumps(str(self.data_dir))}\n"
-            "retry_min_s = 0.05\n"
-            "retry_max_s = 0.5\n"
-            "[http]\n"
-            'host = "127.0.0.1"\n'
-            f"port = {port}\n",
-            encoding="utf-8",
-        )
-
-    def start(self) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-                env=env,
-            )
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def _alive(self) -> subprocess.Popen[bytes]:
-        assert self.proc is not None, "not started"
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gateway exited with {self.proc.returncode}:\n{self.log[-3000:]}")
-        return self.proc
-
-    async def ready(self, timeout_s: float = 45) -> None:
-        """Until /readyz answers 200 (connected and subscribed: our session exists)."""
-
-        async def is_ready() -> bool:
-            self._alive()
-            try:
-                status, _ = await get(f"{self.url}/readyz")
-            except OSError:  # not listening yet
-                return False
-            return status == 200
-
-        await eventually(is_ready, timeout_s=timeout_s, interval_s=0.1, message="/readyz 200")
-
-    async def metric(self, name: str, **labels: str) -> float:
-        self._alive()
-        return value(await scrape(self.url), name, **labels)
-
-    def kill(self) -> None:
-        proc = self._alive()
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-
-    async def terminate(self, timeout_s: float = 60) -> int:
-        """SIGTERM, then the exit code once it has drained and stopped."""
-        proc = self._alive()
-        proc.send_signal(signal.SIGTERM)
-        await eventually(
-            lambda: proc.poll() is not None,
-            timeout_s=timeout_s,
-            interval_s=0.05,
-            message="gateway exits after SIGTERM",
-        )
-        return proc.returncode
-
-    def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
 
 
 @pytest_asyncio.fixture

@@ -181,3 +181,19 @@ async def test_a_reconnect_that_finds_no_session_is_counted_and_warned(
         await eventually(lambda: gateway.checks()["broker_connected"])
         assert gateway.metrics.mqtt_sessions_lost._value.get() == 1
     assert "no session" in caplog.text
+
+
+async def test_a_gateway_that_never_reached_its_broker_stops_at_once(
+    tmp_path: Path, unique: str
+) -> None:
+    """No broker: stopping must not wait out the drain grace (there is nothing to drain)."""
+    nobody = Broker(tmp_path / "none")  # never started: its port refuses connections
+    config = make_config(nobody, tmp_path, unique, shutdown_grace_s=60)
+    gateway = Gateway(config)
+    task = asyncio.create_task(gateway.run())
+    await eventually(gateway.started.is_set)
+    await eventually(lambda: gateway.metrics.mqtt_reconnects._value.get() >= 1)
+    gateway.stop()
+    async with asyncio.timeout(10):  # well under the 60 s grace
+        await task
+    assert not gateway.checks()["broker_connected"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from gateway.channel import Channel
@@ -26,8 +27,16 @@ def hour_partition(ts: float) -> str:
 class FileSink:
     """Stores readings under `<data_dir>/date=YYYY-MM-DD/hour=HH/` by the reading's own time."""
 
-    def __init__(self, config: FilesConfig, client_id: str, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self,
+        config: FilesConfig,
+        client_id: str,
+        metrics: GatewayMetrics,
+        on_durable: Callable[[list[Envelope[Reading]]], None] | None = None,
+    ) -> None:
+        """`on_durable` sees each batch once it is durable and acked (app.py wires it)."""
         self._metrics = metrics
+        self._on_durable = on_durable
         self._store = SegmentStore(
             config.data_dir,
             partition_glob="date=*/hour=*",
@@ -67,3 +76,5 @@ class FileSink:
             latency.observe(max(0.0, now - envelope.body.ts))
         self._metrics.readings_written.inc(len(batch))
         self._metrics.in_flight.dec(len(batch))
+        if self._on_durable is not None:
+            self._on_durable(batch)

@@ -177,6 +177,8 @@ class MqttSource:
                     await self._session(conn)
                 finally:
                     self._drop(conn)
+            # Also when no connection was ever made: nothing is in hand, the drain may go on.
+            self._reading_stopped.set()
             await self._closing.wait()
         finally:
             self._reading_stopped.set()

@@ -1,0 +1,191 @@
+"""`gateway run --processes N`: N worker gateways on a shared subscription, supervised.
+
+Each worker is a whole gateway in its own process (its own client id, persistent session,
+segment names and metrics port) subscribed through `$share/<client-id>/<filter>`, so the broker
+splits the messages between them — the same mechanism that spreads load over machines on a
+clustered broker. The supervisor restarts a worker that dies, forwards SIGTERM (each worker
+drains), and serves one /metrics that sums the workers', plus /healthz and /readyz.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+
+from gateway.config import GatewayConfig
+from gateway.http import HttpServer
+from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
+
+log = logging.getLogger(__name__)
+
+POLL_S = 1.0
+# A worker that keeps dying is restarted at most this often (doubling from RESTART_MIN_S).
+RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0
+# A worker that lived this long before dying is restarted at once again.
+HEALTHY_AFTER_S = 60.0
+
+WorkerMain = Callable[[GatewayConfig, str], None]
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def worker_config(config: GatewayConfig, index: int) -> GatewayConfig:
+    """Worker `index`'s config: its own client id and metrics port, the filters shared."""
+    base = config.mqtt.client_id
+    subs = tuple(
+        s.model_copy(
+            update={
+                "filter": s.effective_filter
+                if s.effective_filter.startswith("$share/")
+                else f"$share/{base}/{s.effective_filter}"
+            }
+        )
+        for s in config.mqtt.subscriptions
+    )
+    mqtt = config.mqtt.model_copy(update={"client_id": f"{base}-w{index}", "subscriptions": subs})
+    http = config.http.model_copy(update={"host": "127.0.0.1", "port": _free_port("127.0.0.1")})
+    return config.model_copy(update={"mqtt": mqtt, "http": http})
+
+
+@dataclass
+class _Worker:
+    index: int
+    config: GatewayConfig
+    process: BaseProcess | None = None
+    started_at: float = 0.0
+    failures: int = 0
+    restart_at: float | None = None
+    ready: bool = False
+    url: str = field(default="")
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, ""
+    except OSError:
+        return 0, ""
+
+
+class Supervisor:
+    """Starts, watches and stops the workers; serves their merged metrics."""
+
+    def __init__(self, config: GatewayConfig, processes: int, worker_main: WorkerMain) -> None:
+        self._config = config
+        self._main = worker_main
+        self._context = multiprocessing.get_context("spawn")
+        self._workers = [_Worker(k, worker_config(config, k)) for k in range(processes)]
+        self._merged = MergedWorkers()
+        self.registry = Registry()
+        self.registry.register(self._merged)
+        self._metrics = SupervisorMetrics(self.registry, processes)
+        self._http = HttpServer(config.http, self.registry, self.checks)
+        self._stop = asyncio.Event()
+
+    def checks(self) -> dict[str, bool]:
+        return {f"worker_{w.index}_ready": w.ready for w in self._workers}
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Until stopped: keep every worker running; then stop them all. 0 if all drained."""
+        await self._http.start()
+        try:
+            for worker in self._workers:
+                self._start(worker)
+            while not self._stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(POLL_S):
+                        await self._stop.wait()
+                await self._watch()
+            return await self._stop_all()
+        finally:
+            await self._http.stop()
+
+    def _start(self, worker: _Worker) -> None:
+        if worker.process is not None:  # a restart: a new port, in case the old one is taken
+            worker.config = worker_config(self._config, worker.index)
+        http = worker.config.http
+        worker.url = f"http://{http.host}:{http.port}"
+        worker.process = self._context.Process(
+            target=self._main,
+            args=(worker.config, f"w{worker.index}"),
+            name=f"gateway-w{worker.index}",
+        )
+        worker.process.start()
+        worker.started_at = time.monotonic()
+        worker.restart_at = None
+        log.info("worker %d started (pid %s, %s)", worker.index, worker.process.pid, worker.url)
+
+    async def _watch(self) -> None:
+        now = time.monotonic()
+        for worker in self._workers:
+            proc = worker.process
+            if proc is not None and proc.exitcode is not None and worker.restart_at is None:
+                lived = now - worker.started_at
+                worker.failures = 0 if lived > HEALTHY_AFTER_S else worker.failures + 1
+                delay = min(RESTART_MAX_S, RESTART_MIN_S * 2 ** max(0, worker.failures - 1))
+                worker.restart_at = now + delay
+                worker.ready = False
+                self._merged.update(str(worker.index), None)
+                log.error(
+                    "worker %d exited with %s after %.0fs; restarting in %.1fs",
+                    worker.index, proc.exitcode, lived, delay,
+                )  # fmt: skip
+            if worker.restart_at is not None:
+                if now >= worker.restart_at:
+                    self._metrics.restarts.inc()
+                    self._start(worker)
+                continue
+            status, text = await asyncio.to_thread(_get, f"{worker.url}/metrics")
+            if status == 200:
+                self._merged.update(str(worker.index), text)
+            ready, _ = await asyncio.to_thread(_get, f"{worker.url}/readyz")
+            worker.ready = ready == 200
+        self._metrics.running.set(
+            sum(1 for w in self._workers if w.process is not None and w.process.is_alive())
+        )
+
+    async def _stop_all(self) -> int:
+        log.info("stopping %d workers (each drains)", len(self._workers))
+        for worker in self._workers:
+            if worker.process is not None and worker.process.is_alive():
+                worker.process.terminate()  # SIGTERM: the worker drains and seals
+        grace = self._config.shutdown_grace_s + 15
+        codes = []
+        for worker in self._workers:
+            proc = worker.process
+            if proc is None:
+                continue
+            await asyncio.to_thread(proc.join, grace)
+            if proc.exitcode is None:
+                log.error("worker %d did not stop within %.0fs: killed", worker.index, grace)
+                proc.kill()
+                await asyncio.to_thread(proc.join, 5)
+            codes.append(proc.exitcode)
+        return 0 if all(code == 0 for code in codes) else 1
+
+
+def detach_from_terminal() -> None:
+    """In a worker: leave the terminal's process group, so Ctrl-C reaches only the supervisor
+    (which then stops each worker once) — a second signal would make a worker skip its drain."""
+    os.setpgrp()
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
