@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the tests and the demo use, when they are missing:
-# mosquitto (the broker the tests run), mosquitto-clients (the benchmark's reference) and
-# prometheus (promtool checks the deploy files). Uses sudo when not root.
+# mosquitto (the broker the tests run), mosquitto-clients (the benchmark's reference),
+# prometheus (promtool checks the deploy files) and openssl (the TLS tests make their own CA).
+# Uses sudo when not root.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
