@@ -11,6 +11,7 @@ import pytest
 
 from gateway import Gateway
 from gateway.model import Reading
+from gateway.sources.mqtt import _BufferedSocket, _NoTopicCallbacks
 from tests.support.broker import Broker
 from tests.support.gateway import fleet, make_config, read_dead_letters, read_lines, running, topic
 from tests.support.gateway import reading_payload as payload
@@ -197,3 +198,17 @@ async def test_a_gateway_that_never_reached_its_broker_stops_at_once(
     async with asyncio.timeout(10):  # well under the 60 s grace
         await task
     assert not gateway.checks()["broker_connected"]
+
+
+async def test_the_receive_shortcuts_are_in_place_on_this_paho(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    """The buffered socket and the empty topic table rely on paho internals: if an upgrade
+    moves them, this fails instead of the gateway silently getting slower."""
+    async with running(Gateway(make_config(broker, tmp_path, unique))) as gateway:
+        conn = gateway._source._conn  # type: ignore[union-attr]
+        assert conn is not None
+        assert isinstance(conn.client.socket(), _BufferedSocket)
+        assert isinstance(conn.client._on_message_filtered, _NoTopicCallbacks)
+        await publish(broker.host, broker.port, fleet(unique, devices=3, per_device=100))
+        await eventually(lambda: written(gateway) == 300)
