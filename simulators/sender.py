@@ -67,7 +67,7 @@ class Sender:
         deadline = loop.time() + duration if duration else math.inf
         qos = self.spec.qos
         window = self.window
-        plans, conns, logs, hub = self.plans, self.conns, self.logs, self.hub
+        plans, conns, hub = self.plans, self.conns, self.hub
         self.first_at = time.time()
         active = list(range(len(plans)))
         since_flush = 0
@@ -81,11 +81,7 @@ class Sender:
                 conn = conns[d]
                 if not conn.ready and not await self._unless_stopped(conn.wait_ready()):
                     return
-                if conn.publish(message.topic, message.payload, qos):
-                    logs[d].sent(message)
-                    self.sent += 1
-                else:
-                    self.errors += 1
+                self._publish(d, conn, message)
                 if message.disconnect_after:
                     hub.flush()
                     await conn.drop()
@@ -104,6 +100,13 @@ class Sender:
                         return
             active = still
 
+    def _publish(self, d: int, conn: Publisher, message: Message) -> None:
+        if conn.publish(message.topic, message.payload, self.spec.qos):
+            self.logs[d].sent(message)
+            self.sent += 1
+        else:
+            self.errors += 1
+
     async def paced(self) -> None:
         """--rate HZ: each message at its due time (device clock, from when this process is
         connected); one timer for the whole process, not one task per device."""
@@ -111,7 +114,7 @@ class Sender:
         qos = self.spec.qos
         window = self.window
         end_ms = self.spec.duration_s * 1000 if self.spec.duration_s else math.inf
-        plans, conns, logs, hub = self.plans, self.conns, self.logs, self.hub
+        plans, conns, hub = self.plans, self.conns, self.hub
         pending: list[Message | None] = [None] * len(plans)
         heap: list[tuple[float, int]] = []
         for d, plan in enumerate(plans):
@@ -136,11 +139,7 @@ class Sender:
                 if not conn.ready or (qos and conn.unacked >= window):
                     heapq.heappush(heap, (now_ms + 50, d))  # late rather than lost
                     continue
-                if conn.publish(message.topic, message.payload, qos):
-                    logs[d].sent(message)
-                    self.sent += 1
-                else:
-                    self.errors += 1
+                self._publish(d, conn, message)
                 if message.disconnect_after:
                     hub.flush()
                     hub.spawn(conn.drop())
