@@ -212,3 +212,31 @@ async def test_the_receive_shortcuts_are_in_place_on_this_paho(
         assert isinstance(conn.client._on_message_filtered, _NoTopicCallbacks)
         await publish(broker.host, broker.port, fleet(unique, devices=3, per_device=100))
         await eventually(lambda: written(gateway) == 300)
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+async def test_a_backlog_larger_than_the_intake_buffer_drains_after_a_restart(
+    tmp_path: Path, unique: str, qos: int
+) -> None:
+    """The broker sends a resumed session's backlog before the SUBACK: the gateway must take it
+    in while it waits for the SUBACK, or the SUBACK is never read (a stall)."""
+    broker = Broker(tmp_path / "mosquitto", extra_config="queue_qos0_messages true\n").start()
+    try:
+        template = f"{unique}/{{site}}/{{device_id}}/telemetry"
+        config = make_config(
+            broker,
+            tmp_path,
+            unique,
+            mqtt={
+                "subscriptions": [{"template": template, "qos": qos}],
+                "max_buffered_messages": 50,
+            },
+        )
+        async with running(Gateway(config)):
+            pass  # the session now exists
+        await publish(broker.host, broker.port, fleet(unique, devices=30, per_device=100), qos=qos)
+        async with running(Gateway(config), connected=False) as gateway:
+            await eventually(lambda: written(gateway) == 3000, message="the backlog drains")
+            await eventually(lambda: gateway.checks()["broker_connected"])
+    finally:
+        broker.stop()

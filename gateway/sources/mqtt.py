@@ -100,6 +100,13 @@ def _nothing() -> None:
     return None
 
 
+def _describe(exc: BaseException | None) -> str:
+    """An exception for a log line; some (TimeoutError) have no message of their own."""
+    if exc is None:
+        return "?"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def _unshared(topic_filter: str) -> str:
     if topic_filter.startswith("$share/"):
         return topic_filter.split("/", 2)[2]
@@ -119,6 +126,8 @@ class _Connection:
         self.sock: Any = None
         self.reading = False
         self.misc_handle: asyncio.TimerHandle | None = None
+        self.subscribing: tuple[int, list[str]] | None = None
+        self.subscribe_sent_at = 0.0
 
     def _puback(self, mid: int) -> None:
         self.client.ack(mid, 1)
@@ -168,6 +177,7 @@ class MqttSource:
 
     async def run(self) -> None:
         """Connect, receive and hand on until closed; reconnect with backoff on any loss."""
+        cfg = self._config
         try:
             while not self._stop_reading.is_set():
                 conn = await self._connect_with_backoff()
@@ -175,6 +185,8 @@ class MqttSource:
                     break
                 try:
                     await self._session(conn)
+                except BrokerError as exc:
+                    log.warning("broker %s:%d: %s; reconnecting", cfg.host, cfg.port, exc)
                 finally:
                     self._drop(conn)
             # Also when no connection was ever made: nothing is in hand, the drain may go on.
@@ -221,7 +233,7 @@ class MqttSource:
                 "broker %s:%d: %s; retrying in %.1fs",
                 cfg.host,
                 cfg.port,
-                state.outcome.exception() if state.outcome else "?",
+                _describe(state.outcome.exception()) if state.outcome else "?",
                 state.upcoming_sleep,
             ),
             reraise=True,
@@ -268,15 +280,14 @@ class MqttSource:
             rc, mid = conn.client.subscribe(subs)
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 raise BrokerError(f"subscribe failed: {paho.error_string(rc)}")
-            waiter = conn.suback.setdefault(mid, self.loop.create_future())
-            async with asyncio.timeout(cfg.subscribe_timeout_s):
-                codes = await waiter
-            refused = [s[0] for s, c in zip(subs, codes, strict=False) if c.is_failure]
-            if refused:
-                raise BrokerError(f"broker refused subscriptions {refused!r}")
         except BaseException:
             self._drop(conn)
             raise
+        # The SUBACK is awaited by the session, not here: a resumed session's queued messages
+        # arrive right after the CONNACK, before the SUBACK (Mosquitto queues it behind them),
+        # and must be taken in meanwhile or the SUBACK is never read.
+        conn.subscribing = (mid, [topic for topic, _ in subs])
+        conn.subscribe_sent_at = time.monotonic()
         if not session_present and self._connected_before:
             # Our session was gone (broker restarted without persistence, or the session
             # expired): whatever was published while we were away was not kept for us.
@@ -287,11 +298,11 @@ class MqttSource:
                 cfg.client_id,
             )
         self._connected_before = True
-        self._subscribed = True
         self._last_message_at = time.monotonic()
-        self._metrics.mqtt_connected.set(1)
+        if session_present:
+            self._mark_subscribed()  # the session holds our subscriptions already
         log.info(
-            "connected to %s:%d as %r (MQTT %s, session %s), subscribed to %s",
+            "connected to %s:%d as %r (MQTT %s, session %s), subscribing to %s",
             cfg.host,
             cfg.port,
             cfg.client_id,
@@ -300,6 +311,31 @@ class MqttSource:
             ", ".join(s.effective_filter for s in cfg.subscriptions),
         )
         return conn
+
+    def _mark_subscribed(self) -> None:
+        self._subscribed = True
+        self._metrics.mqtt_connected.set(1)
+
+    def _check_subscription(self, conn: _Connection) -> None:
+        """Once the SUBACK is in: refused filters are an error; none for too long is too."""
+        if conn.subscribing is None:
+            return
+        mid, filters = conn.subscribing
+        waiter = conn.suback.get(mid)
+        if waiter is not None and waiter.done():
+            conn.subscribing = None
+            refused = [
+                f for f, code in zip(filters, waiter.result(), strict=False) if code.is_failure
+            ]
+            if refused:
+                raise BrokerError(f"broker refused subscriptions {refused!r}")
+            self._mark_subscribed()
+            log.info("subscribed to %s", ", ".join(filters))
+            return
+        # A backlog may delay the SUBACK: only silence counts against the deadline.
+        quiet_since = max(conn.subscribe_sent_at, self._last_message_at)
+        if time.monotonic() - quiet_since > self._config.subscribe_timeout_s:
+            raise BrokerError(f"no SUBACK within {self._config.subscribe_timeout_s}s")
 
     def _make_client(self) -> paho.Client:
         cfg = self._config
@@ -361,6 +397,7 @@ class MqttSource:
         """Hand on what arrives until the connection is lost or we stop reading."""
         conn.misc_handle = self.loop.call_later(MISC_INTERVAL_S, self._misc, conn)
         while True:
+            self._check_subscription(conn)
             if not self._inbox and not conn.lost.done() and not self._stop_reading.is_set():
                 self._wake.clear()
                 try:
@@ -424,6 +461,7 @@ class MqttSource:
         waiter = conn.suback.setdefault(mid, self.loop.create_future())
         if not waiter.done():
             waiter.set_result(list(codes))
+        self._wake.set()
 
     def _on_disconnect(self, client: paho.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
         conn = self._conn

@@ -44,6 +44,7 @@ class Broker:
     max_inflight: int = 100
     max_queued: int = 200_000
     proc: subprocess.Popen[bytes] | None = None
+    extra_config: str = ""
 
     host: str = "127.0.0.1"
 
@@ -71,7 +72,7 @@ class Broker:
             "max_queued_bytes 0\n"
             "set_tcp_nodelay true\n"
             f"log_dest file {self.log_path}\n"
-            "log_type error\nlog_type warning\nlog_type notice\n",
+            "log_type error\nlog_type warning\nlog_type notice\n" + self.extra_config,
             encoding="utf-8",
         )
         return conf
