@@ -32,5 +32,8 @@ demo: install ## embedded broker + 200 simulated devices + gateway + metrics; Ct
 run: system-deps install ## run the gateway against a local Mosquitto on 127.0.0.1:1883
 	./scripts/run-local.sh
 
+bench: system-deps install ## gateway vs mosquitto_sub: throughput, latency, memory, scale-out (~9 min; BENCH_ARGS=--quick)
+	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data demo-data .pytest_cache .ruff_cache

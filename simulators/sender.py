@@ -19,7 +19,7 @@ from simulators.stream import Message
 BLAST_CHUNK = 512
 
 
-# A clock that started longer ago than this was set on purpose (--start-time): pace from now.
+# A clock start further away than this was set on purpose (--start-time): pace from now.
 CATCH_UP_MAX_S = 60.0
 
 
@@ -123,11 +123,12 @@ class Sender:
                 pending[d] = message
                 heap.append((message.due_ms, d))
         heapq.heapify(heap)
-        # Due times count from the device clock's start (a reading's ts). Connecting took a while
-        # since then: when the clock started just now, count from it, so that readings are sent
-        # when their ts says (after a short catch-up) rather than all late by the connect time.
+        # Due times count from the device clock's start (a reading's ts). When that start is near
+        # (connecting took a while since, or --start-time is a moment ahead so that several
+        # processes start together), count from it on the wall clock: readings are then sent
+        # when their ts says, not all late by the connect time.
         lag_s = time.time() - self.spec.start_ms / 1000
-        t0 = loop.time() - (lag_s if 0 <= lag_s < CATCH_UP_MAX_S else 0.0)
+        t0 = loop.time() - (lag_s if abs(lag_s) < CATCH_UP_MAX_S else 0.0)
         self.first_at = time.time()
         while heap and not self.stop.is_set():
             now_ms = (loop.time() - t0) * 1000

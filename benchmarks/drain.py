@@ -1,0 +1,168 @@
+"""Time a consumer emptying a backlog: the reference, or one or more gateways side by side."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import reference
+from benchmarks.audit_files import audit_dirs
+from benchmarks.broker import BenchBroker
+from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
+from benchmarks.procs import Children, wait_with_rusage
+from benchmarks.profile import Profiler
+from benchmarks.scrape import Scrape
+
+# Scrape slowly while far from done (a scrape costs the gateway ~1-3 ms), fast near the end.
+POLL_FAR_S = 0.1
+POLL_NEAR_S = 0.01
+NEAR = 0.9
+# A gateway that stores nothing for this long will not finish: say so instead of waiting.
+STALL_S = 30.0
+
+
+@dataclass
+class Drain:
+    """One consumer's drain of one backlog."""
+
+    consumer: str
+    expected: int
+    delivered: int
+    elapsed_s: float  # from the consumer's spawn until all `expected` were in its output
+    cpu_s: float  # the consumer's user + system time until then (its whole process tree)
+    peak_rss_bytes: int
+    startup_s: float | None = None  # gateway: spawn until /metrics first answered
+    audit: dict[str, Any] | None = None  # gateway: what the audit found in its files
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.delivered >= self.expected and self.error is None
+
+    @property
+    def ok(self) -> bool:
+        """Everything arrived, and for a gateway the audit found nothing missing."""
+        return self.complete and (self.audit is None or bool(self.audit["ok"]))
+
+    @property
+    def rate(self) -> float:
+        return self.delivered / self.elapsed_s if self.elapsed_s > 0 else math.nan
+
+    @property
+    def cpu_per_100k(self) -> float:
+        return self.cpu_s / self.delivered * 100_000 if self.delivered else math.nan
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(ok=self.ok, rate=self.rate, cpu_s_per_100k=self.cpu_per_100k)
+        return out
+
+
+def timeout_for(expected: int) -> float:
+    """Generous: a consumer at 2,000 msg/s still finishes."""
+    return 60 + expected / 2000
+
+
+def drain_reference(
+    children: Children,
+    broker: BenchBroker,
+    *,
+    client_id: str,
+    qos: int,
+    expected: int,
+    workdir: Path,
+) -> Drain:
+    """mosquitto_sub resumes its session and exits at the `expected`-th message."""
+    out_path = workdir / f"{client_id}.out"
+    with out_path.open("wb") as out:
+        start = time.monotonic()
+        proc = children.spawn(reference.drain_command(broker, client_id, qos, expected), stdout=out)
+    ended = wait_with_rusage(proc, timeout_for(expected))
+    error = None
+    if ended is None:
+        children.stop(proc)
+        ended = wait_with_rusage(proc, 5) or (time.monotonic(), math.nan, 0)
+        error = "timed out"
+    finished, cpu_s, peak = ended
+    delivered = reference.count_lines(out_path)
+    out_path.unlink()
+    return Drain("mosquitto_sub", expected, delivered, finished - start, cpu_s, peak, error=error)
+
+
+def drain_gateways(
+    children: Children,
+    broker: BenchBroker,
+    setups: Sequence[GatewaySetup],
+    *,
+    expected: int,
+    manifest: Path,
+    workdir: Path,
+    label: str,
+    profile_to: Path | None = None,
+) -> Drain:
+    """Start the gateways together; done when their readings written + rejected add up to
+    `expected`; then stop them (they seal their files) and audit the files."""
+    gateways = [GatewayProcess(children, broker, s, workdir / s.client_id) for s in setups]
+    start = time.monotonic()
+    for gateway in gateways:
+        gateway.start()
+    profiler: Profiler | None = None
+    deadline = start + timeout_for(expected)
+    stored, startup_s, error = 0, None, None
+    progress_at = start
+    finished = math.nan
+    cpu_s, peak = math.nan, 0
+    try:
+        while True:
+            scrapes = [g.try_scrape() for g in gateways]
+            now = time.monotonic()
+            if all(s is not None for s in scrapes):
+                if startup_s is None:
+                    startup_s = now - start
+                    if profile_to is not None:  # from here on: the drain, not the imports
+                        profiler = Profiler(children, gateways[0].pid, profile_to)
+                now_stored = int(sum((s for s in scrapes if s), Scrape()).stored)
+                if now_stored > stored:
+                    stored, progress_at = now_stored, now
+            if stored >= expected:
+                finished = now
+                # Before anything stops: what it took to get here.
+                cpu_s = sum(g.cpu_seconds() for g in gateways)
+                peak = sum(g.peak_rss_bytes() for g in gateways)
+                break
+            if now - progress_at > STALL_S:
+                error = f"stalled: nothing stored for {STALL_S:.0f} s; log: " + _tails(gateways)
+            elif now > deadline:
+                error = "timed out"
+            elif not all(g.running for g in gateways):
+                error = "exited: " + _tails(gateways)
+            if error is not None:
+                finished = now
+                break
+            time.sleep(POLL_NEAR_S if stored >= NEAR * expected else POLL_FAR_S)
+    finally:
+        if profiler is not None:
+            profiler.stop()
+        codes = [g.stop() for g in gateways]
+    if error is None and any(code != 0 for code in codes):
+        error = f"exit codes {codes}: " + _tails(gateways)
+    summary = audit_dirs(manifest, [g.data_dir for g in gateways], workdir / "audit-view")
+    return Drain(
+        label,
+        expected,
+        stored,
+        finished - start,
+        cpu_s,
+        peak,
+        startup_s=startup_s,
+        audit=summary.as_dict(),
+        error=error,
+    )
+
+
+def _tails(gateways: Sequence[GatewayProcess]) -> str:
+    return "; ".join(f"{g.setup.client_id}: {g.log_tail()}" for g in gateways)

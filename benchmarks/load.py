@@ -1,0 +1,135 @@
+"""Load: gateway-sim runs that fill a backlog, pace a live stream, flood, or hold many devices."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.broker import BenchBroker
+from benchmarks.procs import Children
+from gateway.manifest import read_header
+
+SUMMARY_RATE = re.compile(r"in ([\d.]+) s: ([\d,]+) msg/s")
+# Devices in the backlog and live cases: readings of ~150 bytes over this many topics.
+DEVICES = 1000
+
+
+@dataclass
+class Published:
+    """What a simulator run says it sent (from its manifest) and how fast (from its summary)."""
+
+    sent: int
+    unacked: int
+    publish_s: float
+    rate: float
+    exit_code: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and self.unacked == 0
+
+
+def sim_args(
+    broker: BenchBroker,
+    *,
+    qos: int,
+    devices: int,
+    manifest: Path | None,
+    processes: int = 1,
+    extra: tuple[str, ...] = (),
+) -> list[str]:
+    args = [
+        *("--broker", broker.url, "--devices", str(devices), "--qos", str(qos)),
+        *("--connections", "pool", "--processes", str(processes), "--quiet"),
+        *extra,
+    ]
+    if manifest is not None:
+        args += ["--manifest", str(manifest)]
+    return args
+
+
+def start_sim(
+    children: Children, args: list[str], log: Path, *, anchored: bool = False
+) -> subprocess.Popen[bytes]:
+    module = "benchmarks.anchored_sim" if anchored else "simulators"
+    with log.open("wb") as out:
+        return children.spawn([sys.executable, "-m", module, *args], stdout=out, stderr=out)
+
+
+def finish_sim(
+    children: Children,
+    proc: subprocess.Popen[bytes],
+    log: Path,
+    manifest: Path | None,
+    timeout_s: float,
+) -> Published:
+    """Wait for a simulator to end by itself (its --count or --duration), within a deadline."""
+    code = children.wait(proc, timeout_s)
+    if code is None:
+        code = children.stop(proc, timeout_s=30)
+    text = log.read_text(encoding="utf-8", errors="replace")
+    match = SUMMARY_RATE.search(text)
+    publish_s, rate = (float(match[1]), float(match[2].replace(",", ""))) if match else (0.0, 0.0)
+    sent = unacked = 0
+    if manifest is not None and manifest.exists():
+        header = read_header(manifest)
+        sent, unacked = header.messages_sent, header.messages_unacked
+    return Published(sent, unacked, publish_s, rate, code)
+
+
+def publish_backlog(
+    children: Children, broker: BenchBroker, *, qos: int, total: int, workdir: Path
+) -> tuple[Published, Path]:
+    """Publish `total` readings (1,000 devices) as fast as two processes can, payloads built
+    before the clock starts; return what was sent and the manifest for the audit."""
+    manifest = workdir / f"backlog-qos{qos}.jsonl"
+    log = workdir / f"backlog-qos{qos}.log"
+    count = max(1, total // DEVICES)
+    args = sim_args(
+        broker,
+        qos=qos,
+        devices=DEVICES,
+        manifest=manifest,
+        processes=2,
+        extra=("--prebuilt", "--rate", "0", "--count", str(count)),
+    )
+    proc = start_sim(children, args, log)
+    published = finish_sim(children, proc, log, manifest, timeout_s=120 + total / 5000)
+    if not published.ok or published.sent != count * DEVICES:
+        raise RuntimeError(
+            f"backlog publish failed (exit {published.exit_code}, sent {published.sent:,}, "
+            f"unacked {published.unacked:,}); see {log}"
+        )
+    return published, manifest
+
+
+def start_paced(
+    children: Children,
+    broker: BenchBroker,
+    *,
+    rate_hz: float,
+    duration_s: float,
+    lead_s: float,
+    workdir: Path,
+    name: str,
+) -> tuple[subprocess.Popen[bytes], Path, Path, float]:
+    """A live stream of DEVICES devices at `rate_hz` each, QoS 1, payloads prebuilt, the
+    schedule anchored to a start time `lead_s` ahead. Returns (process, manifest, log, start)."""
+    manifest = workdir / f"{name}.jsonl"
+    log = workdir / f"{name}.log"
+    start_at = time.time() + lead_s
+    args = sim_args(
+        broker,
+        qos=1,
+        devices=DEVICES,
+        manifest=manifest,
+        extra=(
+            *("--rate", f"{rate_hz:g}", "--duration", f"{duration_s:g}", "--prebuilt"),
+            *("--start-time", f"{start_at:.3f}"),
+        ),
+    )
+    return start_sim(children, args, log, anchored=True), manifest, log, start_at

@@ -1,0 +1,42 @@
+"""`python -m benchmarks --smoke` runs end to end and the numbers it reports are of complete runs.
+
+A correctness check of the benchmark harness only (it measures speed; this test never does).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_smoke_run_reports_reference_and_gateway_with_nothing_lost(tmp_path: Path) -> None:
+    """Both consumers drained the whole backlog at both QoS, and the gateway's files passed
+    the audit."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
+    consumers = results["cases"]["throughput"]["consumers"]
+    for qos in ("qos1", "qos0"):
+        assert {"mosquitto_sub", "gateway 3.1.1"} <= set(consumers[qos])
+        for consumer in ("mosquitto_sub", "gateway 3.1.1"):
+            (drain,) = consumers[qos][consumer]["rounds"]
+            assert drain["delivered"] == drain["expected"] > 0, (qos, consumer, drain)
+            assert drain["rate"] > 0
+        (gateway,) = consumers[qos]["gateway 3.1.1"]["rounds"]
+        assert gateway["audit"]["ok"], gateway["audit"]
+        assert gateway["audit"]["found"] == gateway["expected"]
+    assert (tmp_path / "latest.md").read_text(encoding="utf-8").startswith("# Benchmark results")
