@@ -75,6 +75,10 @@ def _process_main(
     # Ctrl-C reaches every process of the terminal's group; the parent turns it into one SIGTERM
     # per child, so each stops once, drains, and still reports what it sent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A SIGTERM can come while this process is still starting (a short run, a quick Ctrl-C):
+    # note it until the worker's own handlers take over, rather than die without a report.
+    terms: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: terms.append(signum))
 
     def report(progress: Progress) -> None:
         results.put(("progress", process, progress))
@@ -82,7 +86,13 @@ def _process_main(
     try:
         result = asyncio.run(
             run_worker(
-                spec, process=process, first=first, stop_index=stop_index, report=report, part=part
+                spec,
+                process=process,
+                first=first,
+                stop_index=stop_index,
+                report=report,
+                part=part,
+                stopped_early=lambda: bool(terms),
             )
         )
     except Exception as exc:  # reported to the parent, which prints it and exits non-zero
@@ -118,9 +128,15 @@ def _run_processes(
         for p, (first, stop) in enumerate(ranges)
     ]
 
+    # A child reports as soon as its own signal handlers are in place; one that has not yet is
+    # stopped when it first reports, so a SIGTERM never meets a child still starting up.
+    heard: set[int] = set()
+    stopping: list[bool] = []
+
     def stop_children(signum: int = 0, frame: FrameType | None = None) -> None:
-        for proc in procs:
-            if proc.is_alive():
+        stopping.append(True)
+        for p, proc in enumerate(procs):
+            if p in heard and proc.is_alive():
                 proc.terminate()  # SIGTERM: the child stops, drains and reports
 
     # Handlers, not KeyboardInterrupt: Ctrl-C must not tear this loop down before the children
@@ -147,6 +163,10 @@ def _run_processes(
                             )
                 continue
             silent_polls = 0
+            if p not in heard:
+                heard.add(p)
+                if stopping and procs[p].is_alive():
+                    procs[p].terminate()
             if kind == "progress":
                 assert isinstance(payload, Progress)
                 latest[p] = payload

@@ -87,6 +87,7 @@ async def run_worker(
     stop_index: int,
     report: Callable[[Progress], None],
     part: Path | None,
+    stopped_early: Callable[[], bool] = lambda: False,
 ) -> WorkerResult:
     """Publish for devices first..stop_index-1 of the fleet; write their manifest lines to
     `part`. Stops early on SIGINT/SIGTERM, still draining and recording what was sent."""
@@ -98,6 +99,8 @@ async def run_worker(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
+    if stopped_early():  # a stop that came before these handlers were in place
+        stop.set()
     hub = Hub(spec.broker, spec.qos)
     sender: Sender | None = None
 
