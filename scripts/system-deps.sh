@@ -5,11 +5,16 @@
 # Uses sudo when not root.
 set -euo pipefail
 need=()
-command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
-command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v openssl >/dev/null 2>&1 || need+=(openssl)
-python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ "${1:-}" = "venv" ]; then
+  # Only what `python3 -m venv` needs (Debian splits ensurepip out of python3): for `make demo`.
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+else
+  command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+  command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
+  python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+fi
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
