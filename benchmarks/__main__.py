@@ -20,7 +20,7 @@ from types import FrameType
 from typing import Any
 
 from benchmarks.broker import MOSQUITTO
-from benchmarks.cases import latency, memory, scale_out, throughput
+from benchmarks.cases import latency, live, memory, scale_out, throughput
 from benchmarks.lab import Lab
 from benchmarks.plan import CASES, FULL, QUICK, SMOKE, Plan
 from benchmarks.procs import Children
@@ -29,6 +29,7 @@ from gateway import __version__ as gateway_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNNERS = {
+    "live": live.run,
     "throughput": throughput.run,
     "scale_out": scale_out.run,
     "latency": latency.run,
@@ -44,9 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="every case, small: about a minute")
     size.add_argument(
-        "--smoke", action="store_true", help="throughput only, 2,000 messages (the test suite)"
+        "--smoke",
+        action="store_true",
+        help="live load and drain only, a few thousand messages (the test suite)",
     )
-    parser.add_argument("--rounds", type=int, help="rounds of throughput and scale-out")
+    parser.add_argument("--rounds", type=int, help="rounds of live load, drain and scale-out")
     parser.add_argument(
         "--only", action="append", choices=CASES, metavar="CASE", help=f"one of {CASES}"
     )

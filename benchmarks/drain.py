@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -110,56 +110,105 @@ def drain_gateways(
     start = time.monotonic()
     for gateway in gateways:
         gateway.start()
-    profiler: Profiler | None = None
-    deadline = start + timeout_for(expected)
-    stored, startup_s, error = 0, None, None
-    progress_at = start
-    finished = math.nan
-    cpu_s, peak = math.nan, 0
+    profiler: list[Profiler] = []
+
+    def answered() -> None:  # from here on: the drain, not the imports
+        if profile_to is not None:
+            profiler.append(Profiler(children, gateways[0].pid, profile_to))
+
     try:
-        while True:
-            scrapes = [g.try_scrape() for g in gateways]
-            now = time.monotonic()
-            if all(s is not None for s in scrapes):
-                if startup_s is None:
-                    startup_s = now - start
-                    if profile_to is not None:  # from here on: the drain, not the imports
-                        profiler = Profiler(children, gateways[0].pid, profile_to)
-                now_stored = int(sum((s for s in scrapes if s), Scrape()).stored)
-                if now_stored > stored:
-                    stored, progress_at = now_stored, now
-            if stored >= expected:
-                finished = now
-                # Before anything stops: what it took to get here.
-                cpu_s = sum(g.cpu_seconds() for g in gateways)
-                peak = sum(g.peak_rss_bytes() for g in gateways)
-                break
-            if now - progress_at > STALL_S:
-                error = f"stalled: nothing stored for {STALL_S:.0f} s; log: " + _tails(gateways)
-            elif now > deadline:
-                error = "timed out"
-            elif not all(g.running for g in gateways):
-                error = "exited: " + _tails(gateways)
-            if error is not None:
-                finished = now
-                break
-            time.sleep(POLL_NEAR_S if stored >= NEAR * expected else POLL_FAR_S)
+        watch = watch_stored(gateways, expected, start, on_first_answer=answered)
     finally:
-        if profiler is not None:
-            profiler.stop()
-        codes = [g.stop() for g in gateways]
+        for p in profiler:
+            p.stop()
+    return finish_gateways(
+        gateways, watch, label=label, expected=expected, manifest=manifest, workdir=workdir
+    )
+
+
+@dataclass
+class Watch:
+    """What scraping running gateways saw until they had stored what was expected (or not)."""
+
+    start: float  # monotonic
+    stored: int = 0
+    finished: float = math.nan  # monotonic: when `stored` reached the count, or gave up
+    startup_s: float | None = None  # from `start` until every /metrics first answered
+    cpu_s: float = math.nan  # CPU seconds of the gateways' trees when done (minus `cpu_from`)
+    peak_rss_bytes: int = 0
+    error: str | None = None
+
+
+def watch_stored(
+    gateways: Sequence[GatewayProcess],
+    expected: int,
+    start: float,
+    *,
+    cpu_from: float = 0.0,
+    on_first_answer: Callable[[], None] | None = None,
+) -> Watch:
+    """Scrape the gateways (slowly while far from done, fast near the end) until their written +
+    rejected counters add up to `expected`, they stall, exit, or run out of time."""
+    watch = Watch(start)
+    deadline = start + timeout_for(expected)
+    progress_at = start
+    while True:
+        scrapes = [g.try_scrape() for g in gateways]
+        now = time.monotonic()
+        if all(s is not None for s in scrapes):
+            if watch.startup_s is None:
+                watch.startup_s = now - start
+                if on_first_answer is not None:
+                    on_first_answer()
+            now_stored = int(sum((s for s in scrapes if s), Scrape()).stored)
+            if now_stored > watch.stored:
+                watch.stored, progress_at = now_stored, now
+        if watch.stored >= expected:
+            watch.finished = now
+            # Before anything stops: what it took to get here.
+            watch.cpu_s = sum(g.cpu_seconds() for g in gateways) - cpu_from
+            watch.peak_rss_bytes = sum(g.peak_rss_bytes() for g in gateways)
+            return watch
+        if now - progress_at > STALL_S:
+            watch.error = f"stalled: nothing stored for {STALL_S:.0f} s; log: " + _tails(gateways)
+        elif now > deadline:
+            watch.error = "timed out"
+        elif not all(g.running for g in gateways):
+            watch.error = "exited: " + _tails(gateways)
+        if watch.error is not None:
+            watch.finished = now
+            return watch
+        time.sleep(POLL_NEAR_S if watch.stored >= NEAR * expected else POLL_FAR_S)
+
+
+def finish_gateways(
+    gateways: Sequence[GatewayProcess],
+    watch: Watch,
+    *,
+    label: str,
+    expected: int,
+    manifest: Path,
+    workdir: Path,
+    elapsed_s: float | None = None,
+) -> Drain:
+    """Stop the gateways (SIGTERM: they drain and seal their files), audit their files against
+    the manifest, and sum it up; `elapsed_s` defaults to the watch's start to finish."""
+    codes = [g.stop() for g in gateways]
+    error = watch.error
     if error is None and any(code != 0 for code in codes):
         error = f"exit codes {codes}: " + _tails(gateways)
-    summary = audit_dirs(manifest, [g.data_dir for g in gateways], workdir / "audit-view")
+    audit = None
+    if manifest.exists():  # else the load failed, and said so
+        audit = audit_dirs(manifest, [g.data_dir for g in gateways], workdir / "audit-view")
     return Drain(
         label,
         expected,
-        stored,
-        finished - start,
-        cpu_s,
-        peak,
-        startup_s=startup_s,
-        audit=summary.as_dict(),
+        watch.stored,
+        watch.finished - watch.start if elapsed_s is None else elapsed_s,
+        watch.cpu_s,
+        watch.peak_rss_bytes,
+        startup_s=watch.startup_s,
+        audit=audit.as_dict() if audit else None,
         error=error,
     )
 

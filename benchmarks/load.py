@@ -16,6 +16,8 @@ from gateway.manifest import read_header
 SUMMARY_RATE = re.compile(r"in ([\d.]+) s: ([\d,]+) msg/s")
 # Devices in the backlog and live cases: readings of ~150 bytes over this many topics.
 DEVICES = 1000
+# Simulator processes publishing a backlog or a live load flat out.
+BLAST_PROCESSES = 2
 
 
 @dataclass
@@ -52,12 +54,9 @@ def sim_args(
     return args
 
 
-def start_sim(
-    children: Children, args: list[str], log: Path, *, anchored: bool = False
-) -> subprocess.Popen[bytes]:
-    module = "benchmarks.anchored_sim" if anchored else "simulators"
+def start_sim(children: Children, args: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return children.spawn([sys.executable, "-m", module, *args], stdout=out, stderr=out)
+        return children.spawn([sys.executable, "-m", "simulators", *args], stdout=out, stderr=out)
 
 
 def finish_sim(
@@ -81,30 +80,51 @@ def finish_sim(
     return Published(sent, unacked, publish_s, rate, code)
 
 
-def publish_backlog(
-    children: Children, broker: BenchBroker, *, qos: int, total: int, workdir: Path
-) -> tuple[Published, Path]:
-    """Publish `total` readings (1,000 devices) as fast as two processes can, payloads built
-    before the clock starts; return what was sent and the manifest for the audit."""
-    manifest = workdir / f"backlog-qos{qos}.jsonl"
-    log = workdir / f"backlog-qos{qos}.log"
-    count = max(1, total // DEVICES)
+def start_blast(
+    children: Children, broker: BenchBroker, *, qos: int, total: int, workdir: Path, name: str
+) -> tuple[subprocess.Popen[bytes], Path, Path]:
+    """Start publishing `total` readings (DEVICES devices, ~150-byte JSON) flat out from
+    BLAST_PROCESSES processes, payloads built before the clock starts. Returns (process,
+    manifest, log)."""
+    manifest = workdir / f"{name}.jsonl"
+    log = workdir / f"{name}.log"
     args = sim_args(
         broker,
         qos=qos,
         devices=DEVICES,
         manifest=manifest,
-        processes=2,
-        extra=("--prebuilt", "--rate", "0", "--count", str(count)),
+        processes=BLAST_PROCESSES,
+        extra=("--prebuilt", "--rate", "0", "--count", str(blast_count(total))),
     )
-    proc = start_sim(children, args, log)
+    return start_sim(children, args, log), manifest, log
+
+
+def blast_count(total: int) -> int:
+    """Readings per device for about `total` in all (a multiple of DEVICES)."""
+    return max(1, total // DEVICES)
+
+
+def finish_blast(
+    children: Children, proc: subprocess.Popen[bytes], log: Path, manifest: Path, total: int
+) -> Published:
     published = finish_sim(children, proc, log, manifest, timeout_s=120 + total / 5000)
-    if not published.ok or published.sent != count * DEVICES:
+    if not published.ok or published.sent != blast_count(total) * DEVICES:
         raise RuntimeError(
-            f"backlog publish failed (exit {published.exit_code}, sent {published.sent:,}, "
+            f"publish failed (exit {published.exit_code}, sent {published.sent:,}, "
             f"unacked {published.unacked:,}); see {log}"
         )
-    return published, manifest
+    return published
+
+
+def publish_backlog(
+    children: Children, broker: BenchBroker, *, qos: int, total: int, workdir: Path
+) -> tuple[Published, Path]:
+    """Publish `total` readings flat out (start_blast) and wait until done; return what was
+    sent and the manifest for the audit."""
+    proc, manifest, log = start_blast(
+        children, broker, qos=qos, total=total, workdir=workdir, name=f"backlog-qos{qos}"
+    )
+    return finish_blast(children, proc, log, manifest, total), manifest
 
 
 def start_paced(
@@ -118,7 +138,9 @@ def start_paced(
     name: str,
 ) -> tuple[subprocess.Popen[bytes], Path, Path, float]:
     """A live stream of DEVICES devices at `rate_hz` each, QoS 1, payloads prebuilt, the
-    schedule anchored to a start time `lead_s` ahead. Returns (process, manifest, log, start)."""
+    device clock starting `lead_s` ahead: the simulator paces from that start (it does when the
+    start is within a minute), so a reading leaves when its ts says. Returns (process,
+    manifest, log, start)."""
     manifest = workdir / f"{name}.jsonl"
     log = workdir / f"{name}.log"
     start_at = time.time() + lead_s
@@ -132,4 +154,4 @@ def start_paced(
             *("--start-time", f"{start_at:.3f}"),
         ),
     )
-    return start_sim(children, args, log, anchored=True), manifest, log, start_at
+    return start_sim(children, args, log), manifest, log, start_at

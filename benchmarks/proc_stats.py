@@ -72,8 +72,7 @@ def _listdir(path: Path) -> list[str]:
         return []
 
 
-def listening_ports(pid: int) -> list[int]:
-    """TCP ports `pid` listens on (IPv4): its sockets' inodes matched in /proc/net/tcp."""
+def _socket_inodes(pid: int) -> set[str]:
     inodes = set()
     for fd in _listdir(Path(f"/proc/{pid}/fd")):
         try:
@@ -82,14 +81,32 @@ def listening_ports(pid: int) -> list[int]:
             continue
         if target.startswith("socket:["):
             inodes.add(target[8:-1])
-    ports = []
+    return inodes
+
+
+def _tcp_sockets(pid: int, state: str) -> list[tuple[int, int]]:
+    """(local port, remote port) of `pid`'s IPv4 TCP sockets in `state` (/proc/net/tcp: 01 is
+    ESTABLISHED, 0A is LISTEN), matched by inode."""
+    inodes = _socket_inodes(pid)
     try:
         lines = Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]
     except OSError:
         return []
+    found = []
     for line in lines:
         fields = line.split()
-        # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 is the inode.
-        if fields[3] == "0A" and fields[9] in inodes:
-            ports.append(int(fields[1].rsplit(":", 1)[1], 16))
-    return sorted(ports)
+        # local_address and rem_address are HEX_IP:HEX_PORT; field 9 is the inode.
+        if fields[3] == state and fields[9] in inodes:
+            local, remote = (int(f.rsplit(":", 1)[1], 16) for f in fields[1:3])
+            found.append((local, remote))
+    return found
+
+
+def listening_ports(pid: int) -> list[int]:
+    """TCP ports `pid` listens on (IPv4)."""
+    return sorted(local for local, _ in _tcp_sockets(pid, "0A"))
+
+
+def connected_to(pid: int, port: int) -> bool:
+    """Whether `pid` has an established IPv4 TCP connection to `port`."""
+    return any(remote == port for _, remote in _tcp_sockets(pid, "01"))

@@ -1,4 +1,8 @@
-"""Throughput: drain a queued backlog, QoS 1 and QoS 0; mosquitto_sub vs the gateway.
+"""Consumer-only ceiling: drain a queued backlog, QoS 1 and QoS 0; mosquitto_sub vs the gateway.
+
+No publisher runs while a consumer drains, so the broker is not the bottleneck and the
+reference runs several times faster than under live load (cases/live.py, the headline): the
+ratio here is shown, with no target attached.
 
 Per round and QoS: a fresh broker; every consumer's persistent session created first; one
 backlog published (the broker queues a copy for each session); then each consumer drains its
@@ -7,7 +11,6 @@ copy in turn, the order reversed every other round.
 
 from __future__ import annotations
 
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +23,9 @@ from benchmarks.gateway_proc import GatewaySetup
 from benchmarks.lab import Lab
 from benchmarks.load import publish_backlog
 from benchmarks.profile import RATE_HZ, hottest
-from benchmarks.report import Section, Target, ratio
+from benchmarks.report import Section
 
 REFERENCE = "mosquitto_sub"
-GOALS = {1: 0.5, 0: 0.3}  # gateway msg/s as a share of the reference's
 TOP_FUNCTIONS = 15
 
 
@@ -137,7 +139,8 @@ def _drain(
 def _section(results: dict[int, dict[str, Summary]], publishes: list[dict[str, object]]) -> Section:
     section = Section(
         key="throughput",
-        title="Throughput: backlog drain (1,000 devices, ~150-byte JSON readings)",
+        title="Consumer-only ceiling: drain of a queued backlog (1,000 devices, ~150-byte "
+        "JSON readings)",
         columns=["QoS", *COLUMNS],
     )
     for qos, summaries in results.items():
@@ -145,16 +148,10 @@ def _section(results: dict[int, dict[str, Summary]], publishes: list[dict[str, o
         for summary in summaries.values():
             section.rows.append([str(qos), *summary.row(reference_rate)])
             section.failed |= not summary.ok
-        gateway = summaries["gateway 3.1.1"]
-        share = gateway.rate / reference_rate if reference_rate else math.nan
-        section.targets.append(
-            Target(
-                f"QoS {qos}: gateway ≥ {GOALS[qos]}× mosquitto_sub",
-                ratio(share) if gateway.ok else gateway.verdict(),
-                gateway.ok and share >= GOALS[qos] if not math.isnan(share) else None,
-            )
-        )
     section.notes += [
+        "Informational, no target: with no publisher running the broker only hands out what it "
+        "holds, so mosquitto_sub runs far faster than under live load; the targets are on the "
+        "live-load table above.",
         "msg/s = expected ÷ time from the consumer's spawn until all were in its output "
         "(gateway: its written + rejected counters, scraped, reached the count; mosquitto_sub: "
         "it exited at -C N). Medians over rounds; × ref = ratio of the medians.",
