@@ -175,7 +175,8 @@ class Status:
 async def run_demo(args: argparse.Namespace) -> int:
     args.data_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
-    manifest = args.data_dir / "manifest.jsonl"
+    # Not *.jsonl: readers glob `<data-dir>/**/*.jsonl` for data, and this is not data.
+    manifest = args.data_dir / "manifest.ndjson"
     broker, port, name = start_broker(args.broker, work)
     fleet: subprocess.Popen[bytes] | None = None
     try:

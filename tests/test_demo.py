@@ -75,7 +75,8 @@ def test_the_demo_runs_stops_on_ctrl_c_and_its_audit_is_clean(
     err = "".join(demo.err)
     assert demo.proc.returncode == 0, out + err
     assert "OK: nothing valid missing" in out
-    assert (demo.data_dir / "manifest.jsonl").is_file()
+    assert (demo.data_dir / "manifest.ndjson").is_file()
+    assert not list(demo.data_dir.glob("*.jsonl")), "nothing but data matches **/*.jsonl"
     assert list(demo.data_dir.glob("date=*/hour=*/demo-gateway-*.jsonl")), "sealed data files"
     assert not list(demo.data_dir.glob("**/*.open")), "everything sealed on a clean stop"
     assert list((demo.data_dir / "dead-letter").glob("**/*.jsonl")), "faults were dead-lettered"
