@@ -9,9 +9,12 @@ if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
   printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 100000\nset_tcp_nodelay true\n' \
     "$port" > "$dir/mosquitto.conf"
   mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-  "$mosquitto" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
+  # Its own session: Ctrl-C must reach the gateway (which drains), not the broker under it.
+  setsid "$mosquitto" -c "$dir/mosquitto.conf" >"$dir/mosquitto.log" 2>&1 &
   broker=$!
   trap 'kill $broker 2>/dev/null; rm -rf "$dir"' EXIT
   echo "started a private mosquitto on 127.0.0.1:$port (log: $dir/mosquitto.log)"
 fi
+# The gateway handles Ctrl-C itself (it drains, then exits 0); this shell only waits for it.
+trap '' INT
 .venv/bin/gateway run --broker "mqtt://127.0.0.1:$port" --data-dir ./data "$@"
