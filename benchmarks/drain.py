@@ -13,7 +13,7 @@ from benchmarks import reference
 from benchmarks.audit_files import audit_dirs
 from benchmarks.broker import BenchBroker
 from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
-from benchmarks.procs import Children, wait_with_rusage
+from benchmarks.procs import Children, wait_or_stop
 from benchmarks.profile import Profiler
 from benchmarks.scrape import Scrape
 
@@ -81,12 +81,7 @@ def drain_reference(
     with out_path.open("wb") as out:
         start = time.monotonic()
         proc = children.spawn(reference.drain_command(broker, client_id, qos, expected), stdout=out)
-    ended = wait_with_rusage(proc, timeout_for(expected))
-    error = None
-    if ended is None:
-        children.stop(proc)
-        ended = wait_with_rusage(proc, 5) or (time.monotonic(), math.nan, 0)
-        error = "timed out"
+    ended, error = wait_or_stop(children, proc, timeout_for(expected))
     finished, cpu_s, peak = ended
     delivered = reference.count_lines(out_path)
     out_path.unlink()

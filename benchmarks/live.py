@@ -16,7 +16,7 @@ from benchmarks.broker import HOST, MOSQUITTO_SUB, BenchBroker
 from benchmarks.drain import Drain, finish_gateways, timeout_for, watch_stored
 from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
 from benchmarks.load import BLAST_PROCESSES, DEVICES, Published, finish_blast, start_blast
-from benchmarks.procs import Children, wait_with_rusage
+from benchmarks.procs import Children, wait_or_stop
 from simulators.fleet import split
 from simulators.spec import DEFAULT_TEMPLATE, RunSpec
 
@@ -114,13 +114,8 @@ def live_reference(
     sim, manifest, log = start_blast(
         children, broker, qos=qos, total=total, workdir=workdir, name=f"live-qos{qos}"
     )
-    ended = wait_with_rusage(proc, timeout_for(total))
+    ended, error = wait_or_stop(children, proc, timeout_for(total))
     broker_cpu = proc_stats.cpu_seconds(broker.pid) - broker_cpu
-    error = None
-    if ended is None:
-        children.stop(proc)
-        ended = wait_with_rusage(proc, 5) or (time.monotonic(), math.nan, 0)
-        error = "timed out"
     finished, cpu_s, peak = ended
     published, first_at, problem = _publisher(
         children, sim, log=log, manifest=manifest, total=total, first=first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -101,3 +102,14 @@ def wait_with_rusage(
         if now > deadline:
             return None
         time.sleep(POLL_S)
+
+
+def wait_or_stop(
+    children: Children, proc: subprocess.Popen[bytes], timeout_s: float
+) -> tuple[tuple[float, float, int], str | None]:
+    """wait_with_rusage, and when the deadline passes: stop it and say "timed out"."""
+    ended = wait_with_rusage(proc, timeout_s)
+    if ended is not None:
+        return ended, None
+    children.stop(proc)
+    return wait_with_rusage(proc, 5) or (time.monotonic(), math.nan, 0), "timed out"

@@ -20,6 +20,20 @@ from tests.support.publish import publish
 from tests.support.scrape import get, scrape, value
 
 
+class Gate:
+    """A processing step that holds every reading until opened: the pipeline backs up."""
+
+    def __init__(self) -> None:
+        self._open = asyncio.Event()
+
+    async def hold(self, reading: Reading) -> Reading:
+        await self._open.wait()
+        return reading
+
+    def set(self) -> None:
+        self._open.set()
+
+
 def written(gateway: Gateway) -> float:
     return gateway.metrics.readings_written._value.get()
 
@@ -47,12 +61,8 @@ async def test_mqtt5_receive_maximum_bounds_the_unacked_window(
     broker: Broker, tmp_path: Path, unique: str
 ) -> None:
     """With MQTT 5 the broker may send at most receive_maximum unacked messages."""
-    gate = asyncio.Event()
+    gate = Gate()
     peak = 0
-
-    async def hold(reading: Reading) -> Reading:
-        await gate.wait()
-        return reading
 
     config = make_config(
         broker,
@@ -61,7 +71,7 @@ async def test_mqtt5_receive_maximum_bounds_the_unacked_window(
         mqtt={"protocol": "5", "receive_maximum": 7},
         pipeline={"processing_timeout_s": 60},
     )
-    gateway = Gateway(config, transforms=[hold])
+    gateway = Gateway(config, transforms=[gate.hold])
     async with running(gateway):
         sender = asyncio.create_task(
             publish(broker.host, broker.port, fleet(unique, devices=5, per_device=10))
@@ -136,11 +146,7 @@ async def test_a_reading_past_its_deadline_is_dead_lettered_as_timeout(
 async def test_qos0_drop_oldest_keeps_memory_bounded_and_counts_every_drop(
     broker: Broker, tmp_path: Path, unique: str
 ) -> None:
-    gate = asyncio.Event()
-
-    async def hold(reading: Reading) -> Reading:
-        await gate.wait()
-        return reading
+    gate = Gate()
 
     config = make_config(
         broker,
@@ -156,7 +162,7 @@ async def test_qos0_drop_oldest_keeps_memory_bounded_and_counts_every_drop(
             "processing_timeout_s": 60,
         },
     )
-    gateway = Gateway(config, transforms=[hold])
+    gateway = Gateway(config, transforms=[gate.hold])
     m = gateway.metrics
     async with running(gateway):
         await publish(broker.host, broker.port, fleet(unique, devices=1, per_device=200), qos=0)
