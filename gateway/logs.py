@@ -1,4 +1,4 @@
-"""Log setup (text for people, JSON lines for services) and a once-per-reason warning."""
+"""Log setup: text for people, JSON lines for services."""
 
 from __future__ import annotations
 
@@ -43,26 +43,3 @@ def setup_logging(level: str, fmt: str, worker: str = "") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-
-
-class RateLimitedWarning:
-    """At most one warning per reason per `interval_s`; the rest are counted in the next one."""
-
-    def __init__(self, logger: logging.Logger, interval_s: float = 60.0) -> None:
-        self._log = logger
-        self._interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def warn(self, reason: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is not None and now - last < self._interval_s:
-            self._suppressed[reason] = self._suppressed.get(reason, 0) + 1
-            return
-        self._last[reason] = now
-        more = self._suppressed.pop(reason, 0)
-        if more:
-            self._log.warning(msg + " (and %d more since the last report)", *args, more)
-        else:
-            self._log.warning(msg, *args)
