@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--start-time", help="device clock start, as gateway-sim takes it")
     parser.add_argument("--client-id-prefix", help="default sim-<random>-, as gateway-sim")
+    parser.add_argument("--topic-template", help="as gateway-sim's (default: its default)")
     parser.add_argument("--processes", type=int, default=2, help="devices split as gateway-sim")
     parser.add_argument("--connections", type=int, default=4, help="per process (--pool-size)")
     parser.add_argument(
@@ -73,6 +74,8 @@ def spec_for(args: argparse.Namespace) -> RunSpec:
         argv += ["--start-time", args.start_time]
     if args.client_id_prefix is not None:
         argv += ["--client-id-prefix", args.client_id_prefix]
+    if args.topic_template is not None:
+        argv += ["--topic-template", args.topic_template]
     spec = spec_from_args(sim_parser().parse_args(argv))
     if spec.broker.tls or spec.broker.username:
         raise ValueError("--broker: plain mqtt:// without credentials only (a benchmark tool)")

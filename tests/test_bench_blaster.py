@@ -1,0 +1,138 @@
+"""benchmarks.blaster sends exactly what gateway-sim's prebuilt blast sends, loses nothing, and
+writes the same manifest; and the hand-made MQTT packets are what the spec says."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from benchmarks import wire
+from benchmarks.load import SUMMARY_RATE
+from gateway.manifest import iter_devices, read_header
+from tests.support.broker import Broker
+from tests.support.poll import eventually_sync
+
+ROOT = Path(__file__).resolve().parents[1]
+DEVICES = 30
+COUNT = 20
+START_TIME = "1795600000"  # a fixed device clock: both publishers build the same bytes
+# Header fields that are about when a run happened, not what it sent.
+WHEN = ("started_at", "finished_at")
+
+
+class Subscriber:
+    """A real MQTT client (paho, own thread) that keeps every message it receives, in order."""
+
+    def __init__(self, broker: Broker, client_id: str, topic_filter: str) -> None:
+        self.messages: list[tuple[str, bytes]] = []
+        subscribed = threading.Event()
+        self._client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
+        )
+        self._client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+        self._client.on_subscribe = lambda *_: subscribed.set()
+        # list.append is atomic under the GIL: no lock needed between paho's thread and ours.
+        self._client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self._client.connect(broker.host, broker.port, keepalive=30)
+        self._client.loop_start()
+        eventually_sync(subscribed.is_set, timeout_s=10, message="SUBACK")
+
+    def by_topic(self) -> dict[str, list[bytes]]:
+        out: dict[str, list[bytes]] = {}
+        for topic, payload in self.messages:
+            out.setdefault(topic, []).append(payload)
+        return out
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@contextmanager
+def subscribed(broker: Broker, client_id: str, topic_filter: str) -> Iterator[Subscriber]:
+    sub = Subscriber(broker, client_id, topic_filter)
+    try:
+        yield sub
+    finally:
+        sub.close()
+
+
+def publish(module: str, broker: Broker, prefix: str, qos: int, manifest: Path) -> str:
+    """Run a publisher to the end; its output (it must exit 0)."""
+    args = [
+        *(sys.executable, "-m", module, "--broker", broker.url, "--qos", str(qos)),
+        *("--devices", str(DEVICES), "--count", str(COUNT), "--start-time", START_TIME),
+        *("--topic-template", f"{prefix}/{{site}}/{{device_id}}/telemetry"),
+        *("--client-id-prefix", f"{prefix}-{module}-", "--processes", "2"),
+        *("--manifest", str(manifest)),
+    ]
+    if module == "simulators":
+        args += ["--prebuilt", "--rate", "0", "--connections", "pool", "--quiet"]
+    else:
+        args += ["--connections", "2"]  # several devices per connection, as the pool does
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("qos", [0, 1])
+def test_blaster_sends_what_gateway_sim_sends_and_the_same_manifest(
+    broker: Broker, tmp_path: Path, unique: str, qos: int
+) -> None:
+    """Every message arrives, in each device's order, byte for byte what gateway-sim sends for
+    the same options; the manifests agree line for line (but for the run's times)."""
+    total = DEVICES * COUNT
+    prefix = f"{unique}q{qos}"  # one topic tree for both runs, one after the other
+    got: dict[str, dict[str, list[bytes]]] = {}
+    for module in ("benchmarks.blaster", "simulators"):
+        with subscribed(broker, f"{prefix}-{module}-sub", f"{prefix}/#") as sub:
+            output = publish(module, broker, prefix, qos, tmp_path / f"{module}.jsonl")
+            eventually_sync(lambda s=sub: len(s.messages) >= total, timeout_s=20)
+            got[module] = sub.by_topic()
+        assert len(sub.messages) == total
+        if module == "benchmarks.blaster":
+            assert SUMMARY_RATE.search(output), output
+            assert f"sent {total:,} messages" in output
+    assert got["benchmarks.blaster"] == got["simulators"]
+
+    ours, theirs = tmp_path / "benchmarks.blaster.jsonl", tmp_path / "simulators.jsonl"
+    header = read_header(ours)
+    assert header.messages_sent == total
+    assert header.messages_unacked == 0
+    assert header.model_dump(exclude=set(WHEN)) == read_header(theirs).model_dump(exclude=set(WHEN))
+    mine = list(iter_devices(ours))
+    assert mine == list(iter_devices(theirs))
+    assert [d.device_id for d in mine] == [f"dev-{n:05d}" for n in range(DEVICES)]
+    for record in mine:
+        assert record.seq == ((0, COUNT - 1),)
+        # Every seq of the manifest arrived, in order, on the device's topic.
+        payloads = got["benchmarks.blaster"][record.topic]
+        assert [json.loads(p)["seq"] for p in payloads] == list(range(COUNT))
+
+
+def test_encoded_packets_follow_mqtt_311() -> None:
+    """Remaining length, topic field, packet id wrapping, and the exact PUBACK expected."""
+    assert wire.remaining_length(0) == b"\x00"
+    assert wire.remaining_length(127) == b"\x7f"
+    assert wire.remaining_length(128) == b"\x80\x01"
+    assert wire.remaining_length(16_383) == b"\xff\x7f"
+    assert wire.remaining_length(2_097_152) == b"\x80\x80\x80\x01"
+    topic = wire.utf8_field("a/b")
+    assert topic == b"\x00\x03a/b"
+    assert wire.publish_packet(topic, b"xy", 0, 5) == b"\x30\x07\x00\x03a/bxy"
+    assert wire.publish_packet(topic, b"xy", 1, 0) == b"\x32\x09\x00\x03a/b\x00\x01xy"
+    assert wire.packet_id(65_534) == 65_535
+    assert wire.packet_id(65_535) == 1  # never 0 (§2.3.1)
+    assert wire.puback_packet(65_535) == b"\x40\x02\x00\x01"
+    connect = wire.connect_packet("c1", 60)
+    assert connect == b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1"
