@@ -46,8 +46,9 @@ class Live:
 
 
 def first_publish_topics() -> list[str]:
-    """Topics of the first device of each simulator process: with --rate 0 each process sends
-    its devices in turn, its first device first."""
+    """Topics of the first device of each publisher process: benchmarks.blaster splits the
+    devices as gateway-sim does and sends each process's first device first (on its first
+    connection, written before the others)."""
     spec = RunSpec()
     return [
         DEFAULT_TEMPLATE.format(site="+", device_id=spec.device_id_pattern.format(n=first))
@@ -173,7 +174,7 @@ def _publisher(
     total: int,
     first: FirstPublish,
 ) -> tuple[Published | None, float | None, str | None]:
-    """The simulator's figures and when it first published, or what went wrong."""
+    """The publisher's figures and when it first published, or what went wrong."""
     try:
         published: Published | None = finish_blast(children, sim, log, manifest, total)
     except RuntimeError as exc:

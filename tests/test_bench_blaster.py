@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -41,7 +42,7 @@ class Subscriber:
         self._client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
         self._client.on_subscribe = lambda *_: subscribed.set()
         # list.append is atomic under the GIL: no lock needed between paho's thread and ours.
-        self._client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
+        self._client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self._client.connect(broker.host, broker.port, keepalive=30)
         self._client.loop_start()
         eventually_sync(subscribed.is_set, timeout_s=10, message="SUBACK")
@@ -55,6 +56,10 @@ class Subscriber:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def arrived(sub: Subscriber, total: int) -> bool:
+    return len(sub.messages) >= total
 
 
 @contextmanager
@@ -97,7 +102,7 @@ def test_blaster_sends_what_gateway_sim_sends_and_the_same_manifest(
     for module in ("benchmarks.blaster", "simulators"):
         with subscribed(broker, f"{prefix}-{module}-sub", f"{prefix}/#") as sub:
             output = publish(module, broker, prefix, qos, tmp_path / f"{module}.jsonl")
-            eventually_sync(lambda s=sub: len(s.messages) >= total, timeout_s=20)
+            eventually_sync(partial(arrived, sub, total), timeout_s=20)
             got[module] = sub.by_topic()
         assert len(sub.messages) == total
         if module == "benchmarks.blaster":
