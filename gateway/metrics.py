@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from gateway.errors import DROP_REASONS, REJECT_REASONS, WRITE_ERROR_REASONS
 from gateway.sensor_values import SensorValues
@@ -77,16 +84,16 @@ class GatewayMetrics:
         self._channel_capacity = Gauge(
             "gateway_channel_capacity", "Capacity of a channel.", ["channel"], registry=r
         )
-        self.processing_seconds = Histogram(
+        self.processing_seconds = LoopHistogram(
             "gateway_processing_seconds",
             "Time one reading spends in the processing steps.",
-            buckets=FAST_BUCKETS,
+            FAST_BUCKETS,
             registry=r,
         )
-        self.end_to_end_latency = Histogram(
+        self.end_to_end_latency = LoopHistogram(
             "gateway_end_to_end_latency_seconds",
             "Device timestamp to durable on disk (includes device clock offset).",
-            buckets=LATENCY_BUCKETS,
+            LATENCY_BUCKETS,
             registry=r,
         )
         write_seconds = Histogram(
@@ -186,6 +193,52 @@ class GatewayMetrics:
             if count >= q * total:
                 return bound
         return buckets[-1][0]
+
+
+class LoopHistogram(Collector):
+    """A histogram observed once per reading, from the event loop thread only.
+
+    prometheus_client's Histogram takes two locks and walks every bucket per observation (~1.5 µs;
+    two per reading were ~10% of the gateway's CPU in a profile of a QoS 1 drain). Here an
+    observation is one bisect and one list increment; the buckets are made cumulative at scrape
+    time. Scrapes run on the same loop (aiohttp), so no lock is needed; a scrape from another
+    thread would still see each count whole.
+    """
+
+    def __init__(
+        self, name: str, documentation: str, buckets: Iterable[float], registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._bounds = tuple(sorted(float(b) for b in buckets))
+        self._counts = [0] * (len(self._bounds) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are `le`: a value equal to a bound counts in that bound's bucket.
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def observe_many(self, values: Iterable[float]) -> None:
+        counts, bounds, total = self._counts, self._bounds, 0.0
+        for value in values:
+            counts[bisect_left(bounds, value)] += 1
+            total += value
+        self._sum += total
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self._name, self._documentation)]
+
+    def collect(self) -> list[Metric]:
+        counts, total = list(self._counts), self._sum
+        cumulative, buckets = 0, []
+        for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+            cumulative += count
+            buckets.append((floatToGoString(bound), cumulative))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], buckets, total)
+        return [family]
 
 
 class SupervisorMetrics:

@@ -59,10 +59,14 @@ class Reading:
             record["flags"] = self.flags
         return record
 
-    def to_json_line(self) -> str:
+    def to_json_bytes(self) -> bytes:
+        """The file line, newline included, as written (UTF-8)."""
         # orjson: ~0.2 µs against ~3.6 µs for json.dumps, on every stored reading. Metrics are
         # finite by construction (decode and convert_units refuse NaN and inf).
-        return orjson.dumps(self.to_record()).decode() + "\n"
+        return orjson.dumps(self.to_record(), option=orjson.OPT_APPEND_NEWLINE)
+
+    def to_json_line(self) -> str:
+        return self.to_json_bytes().decode()
 
 
 @dataclass(slots=True)
@@ -94,8 +98,12 @@ class Rejection:
             record["payload_bytes"] = len(self.payload)
         return record
 
+    def to_json_bytes(self, max_payload_bytes: int) -> bytes:
+        """The dead-letter line, newline included, as written (UTF-8)."""
+        return orjson.dumps(self.to_record(max_payload_bytes), option=orjson.OPT_APPEND_NEWLINE)
+
     def to_json_line(self, max_payload_bytes: int) -> str:
-        return orjson.dumps(self.to_record(max_payload_bytes)).decode() + "\n"
+        return self.to_json_bytes(max_payload_bytes).decode()
 
 
 def _nothing() -> None:

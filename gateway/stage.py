@@ -6,7 +6,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 
 from gateway.channel import Channel
 from gateway.errors import RejectedError
@@ -60,26 +60,68 @@ class Stage:
                 continue
             kept: list[Envelope[Reading]] = []
             rejected: list[Envelope[Rejection]] = []
+            took: list[float] = []
             for envelope in batch:
-                await self._process(envelope, kept, rejected)
+                started = time.perf_counter()
+                # Sync steps run here, without a coroutine per reading; the first step that
+                # returns an awaitable hands the rest of that reading to _finish.
+                pending = self._run_sync(envelope, started, kept, rejected)
+                if pending is not None:
+                    await self._finish(envelope, started, *pending, kept=kept, rejected=rejected)
+                took.append(time.perf_counter() - started)
+            self._metrics.processing_seconds.observe_many(took)
             if kept:
                 await self._store.put_many(kept)
             if rejected:
                 await self._rejects.put_many(rejected)
 
-    async def _process(
+    def _run_sync(
         self,
         envelope: Envelope[Reading],
+        started: float,
         kept: list[Envelope[Reading]],
         rejected: list[Envelope[Rejection]],
-    ) -> None:
-        metrics = self._metrics
-        started = time.perf_counter()
+    ) -> tuple[int, Awaitable[Reading | None]] | None:
+        """Run the steps until one returns an awaitable: (its index, the awaitable); None once
+        the reading is kept, rejected or dropped."""
         deadline = started + self._timeout_s
         reading: Reading | None = envelope.body
         try:
-            for transform in self._transforms:
+            for index, transform in enumerate(self._transforms):
                 result = transform(reading)  # type: ignore[arg-type]
+                if inspect.isawaitable(result):
+                    return index, result
+                reading = result
+                if time.perf_counter() > deadline:
+                    raise TimeoutError
+                if reading is None:
+                    self._drop(envelope, transform)
+                    return None
+        except Exception as exc:
+            rejected.append(self._failed(envelope, exc))
+        else:
+            envelope.body = reading  # type: ignore[assignment]
+            kept.append(envelope)
+        return None
+
+    async def _finish(
+        self,
+        envelope: Envelope[Reading],
+        started: float,
+        index: int,
+        awaiting: Awaitable[Reading | None],
+        *,
+        kept: list[Envelope[Reading]],
+        rejected: list[Envelope[Rejection]],
+    ) -> None:
+        """The rest of a reading's steps, from the one at `index`, whose awaitable is in hand."""
+        deadline = started + self._timeout_s
+        transforms = self._transforms
+        reading: Reading | None = None
+        try:
+            for at in range(index, len(transforms)):
+                transform = transforms[at]
+                result = awaiting if at == index else transform(reading)  # type: ignore[arg-type]
                 if inspect.isawaitable(result):
                     async with asyncio.timeout(deadline - time.perf_counter()):
                         result = await result
@@ -87,27 +129,34 @@ class Stage:
                 if time.perf_counter() > deadline:
                     raise TimeoutError
                 if reading is None:
-                    metrics.dropped[getattr(transform, "drop_reason", "filtered")].inc()
-                    metrics.in_flight.dec()
-                    envelope.ack()
+                    self._drop(envelope, transform)
                     return
-        except RejectedError as exc:
-            rejected.append(self._rejection(envelope, exc.reason, exc.detail))
-        except TimeoutError:
-            rejected.append(
-                self._rejection(envelope, "timeout", f"steps took over {self._timeout_s}s")
-            )
-        except Exception as exc:  # a broken step must not kill the worker or lose the reading
-            name = type(exc).__name__
-            if name not in self._warned:
-                self._warned.add(name)
-                log.warning("a processing step raised %s; such readings are dead-lettered", name)
-            rejected.append(self._rejection(envelope, "transform_error", name))
+        except Exception as exc:
+            rejected.append(self._failed(envelope, exc))
         else:
             envelope.body = reading  # type: ignore[assignment]
             kept.append(envelope)
         finally:
-            metrics.processing_seconds.observe(time.perf_counter() - started)
+            if inspect.iscoroutine(awaiting):
+                awaiting.close()  # never awaited when an earlier deadline hit: no warning
+
+    def _drop(self, envelope: Envelope[Reading], transform: Transform) -> None:
+        self._metrics.dropped[getattr(transform, "drop_reason", "filtered")].inc()
+        self._metrics.in_flight.dec()
+        envelope.ack()
+
+    def _failed(self, envelope: Envelope[Reading], exc: Exception) -> Envelope[Rejection]:
+        """The dead-letter record of a reading whose steps failed."""
+        if isinstance(exc, RejectedError):
+            return self._rejection(envelope, exc.reason, exc.detail)
+        if isinstance(exc, TimeoutError):
+            return self._rejection(envelope, "timeout", f"steps took over {self._timeout_s}s")
+        # A broken step must not kill the worker or lose the reading.
+        name = type(exc).__name__
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning("a processing step raised %s; such readings are dead-lettered", name)
+        return self._rejection(envelope, "transform_error", name)
 
     @staticmethod
     def _rejection(envelope: Envelope[Reading], reason: str, detail: str) -> Envelope[Rejection]:

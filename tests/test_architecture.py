@@ -18,7 +18,7 @@ LAYER = {
 }  # fmt: skip
 
 OWNERS = {
-    "paho": {"sources/mqtt.py"},
+    "paho": {"sources/mqtt.py", "sources/paho_client.py"},
     "aiomqtt": {"sources/mqtt.py"},
     "aiofiles": {"sinks/"},
     "prometheus_client": {"metrics.py", "http.py"},

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from gateway.config import LimitsConfig, SubscriptionConfig
 from gateway.decode import make_decoder
+from gateway.decode.checks import NAME_MEMORY
 from gateway.decode.json_reading import parse_ts
 from gateway.errors import DecodeError
 from tests.support.readings import NOW, assert_valid_readings, decode_or_reason, reason_of
@@ -320,3 +321,28 @@ def test_any_valid_reading_decodes_to_exactly_its_values(
     assert reading.seq == seq
     assert reading.ts == NOW + offset_s
     assert_valid_readings([reading], LIMITS, NOW)
+
+
+def test_readings_from_a_remembered_topic_each_own_their_tags() -> None:
+    """The topic match is remembered per topic; the tags handed out must still be copies."""
+    decode = make_decoder(SubscriptionConfig(), LIMITS)
+    first = decode(TOPIC, payload(), NOW)[0]
+    first.tags["site"] = "changed by a step"
+    second = decode(TOPIC, payload(), NOW)[0]
+    assert second.tags == {"site": "plant-1"}
+
+
+def test_remembered_names_never_let_a_bad_one_through() -> None:
+    """Well-formed ids, metric names and units are remembered, and forgotten past a bound: a bad
+    one is refused before, while and after that memory fills up and is cleared."""
+    decode = make_decoder(SubscriptionConfig(), LIMITS)
+    bad = {"metrics": {"bad name": 1.0}}
+    assert reason_of(decode, TOPIC, payload(**bad)) == "invalid_metric"
+    for n in range(NAME_MEMORY + 10):  # past the bound: the memory is cleared once on the way
+        device = f"dev-{n}"
+        topic = f"sensors/plant-1/{device}/telemetry"
+        metrics = {f"m{n % 50}": 1.0}
+        assert decode(topic, payload(device_id=device, metrics=metrics), NOW)[0].device_id == device
+    assert reason_of(decode, TOPIC, payload(**bad)) == "invalid_metric"
+    assert reason_of(decode, TOPIC, payload(units={"temperature": "bad unit"})) == "invalid_schema"
+    assert reason_of(decode, TOPIC, payload(device_id="dev/../x")) == "invalid_device_id"

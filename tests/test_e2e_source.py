@@ -11,7 +11,7 @@ import pytest
 
 from gateway import Gateway
 from gateway.model import Reading
-from gateway.sources.mqtt import _BufferedSocket, _NoTopicCallbacks
+from gateway.sources.paho_client import FAST_PUBLISH, BufferedSocket, NoTopicCallbacks
 from tests.support.broker import Broker
 from tests.support.gateway import fleet, make_config, read_dead_letters, read_lines, running, topic
 from tests.support.gateway import reading_payload as payload
@@ -209,15 +209,22 @@ async def test_a_gateway_that_never_reached_its_broker_stops_at_once(
 async def test_the_receive_shortcuts_are_in_place_on_this_paho(
     broker: Broker, tmp_path: Path, unique: str
 ) -> None:
-    """The buffered socket and the empty topic table rely on paho internals: if an upgrade
-    moves them, this fails instead of the gateway silently getting slower."""
+    """The lean PUBLISH handler, the buffered socket and the empty topic table rely on paho
+    internals: if an upgrade moves them, this fails instead of the gateway silently getting
+    slower (each falls back to paho's own path)."""
     async with running(Gateway(make_config(broker, tmp_path, unique))) as gateway:
         conn = gateway._source._conn  # type: ignore[union-attr]
         assert conn is not None
-        assert isinstance(conn.client.socket(), _BufferedSocket)
-        assert isinstance(conn.client._on_message_filtered, _NoTopicCallbacks)
-        await publish(broker.host, broker.port, fleet(unique, devices=3, per_device=100))
+        assert FAST_PUBLISH
+        assert isinstance(conn.client.socket(), BufferedSocket)
+        assert isinstance(conn.client._on_message_filtered, NoTopicCallbacks)
+        slow_path: list[str] = []
+        conn.client.on_message = lambda _c, _u, message: slow_path.append(message.topic)
+        await publish(broker.host, broker.port, fleet(unique, devices=3, per_device=100), qos=1)
         await eventually(lambda: written(gateway) == 300)
+        assert slow_path == []
+        # Every PUBACK was sent: none is left in the window or in the write buffer.
+        await eventually(lambda: conn.client.socket().unsent == 0 and not conn.window)
 
 
 @pytest.mark.parametrize("qos", [0, 1])

@@ -27,6 +27,10 @@ FORMATS: dict[str, Callable[[LimitsConfig], FormatDecoder]] = {
 
 __all__ = ["FORMATS", "Decoder", "FormatDecoder", "make_decoder"]
 
+# Topics whose template match is remembered (a device sends on the same topic again and again);
+# past this many the memory is cleared and refilled, so it stays a few MB at most.
+TOPIC_MEMORY = 16_384
+
 
 def make_decoder(sub: SubscriptionConfig, limits: LimitsConfig) -> Decoder:
     """The decoder for one subscription: size check, topic match, format decode, common checks.
@@ -38,22 +42,25 @@ def make_decoder(sub: SubscriptionConfig, limits: LimitsConfig) -> Decoder:
     decode_format = FORMATS[sub.format](limits)
     check = ReadingCheck(limits)
     max_payload_bytes = limits.max_payload_bytes
+    # topic -> (device id, metric, other fields) of topics that matched.
+    matched: dict[str, tuple[str | None, str | None, dict[str, str]]] = {}
 
     def decode(topic: str, payload: bytes, received_at: float) -> list[Reading]:
         if len(payload) > max_payload_bytes:
             raise DecodeError("payload_too_large", f"{len(payload)} bytes, max {max_payload_bytes}")
-        tags = template.match(topic)
-        device_id = tags.pop(DEVICE_ID_FIELD, None)
-        metric = tags.pop(METRIC_FIELD, None)
+        fields = matched.get(topic)
+        if fields is None:
+            tags = template.match(topic)  # DecodeError: not remembered, raised each time
+            fields = (tags.pop(DEVICE_ID_FIELD, None), tags.pop(METRIC_FIELD, None), tags)
+            if len(matched) >= TOPIC_MEMORY:
+                matched.clear()
+            matched[topic] = fields
+        device_id, metric, tags = fields
         readings = decode_format(payload, device_id, metric, received_at)
         for reading in readings:
             check(reading)
-        if len(readings) == 1:
-            readings[0].tags = tags
-        else:
             # Each reading owns its tags, so a later step may change one without the others.
-            for reading in readings:
-                reading.tags = tags.copy()
+            reading.tags = tags.copy()
         return readings
 
     return decode

@@ -19,6 +19,9 @@ UNIT_NAME = re.compile(r"[!-~]{1,32}")
 MAX_SEQ = 2**63 - 1
 # How much of a network string an error detail may quote.
 QUOTE = 64
+# Device ids, metric names and units found well-formed are remembered (they repeat with every
+# reading); past this many the memory is cleared and refilled.
+NAME_MEMORY = 16_384
 
 
 _ANY_SAFE_ID = safe_name_pattern(128)
@@ -64,29 +67,44 @@ class ReadingCheck:
     well-named finite float metrics, units only for those metrics, device time within the window
     around `received_at`, and a non-negative int seq when there is one."""
 
-    __slots__ = ("_device_ok", "_max_future_s", "_max_metrics", "_max_past_s")
+    __slots__ = (
+        "_device_ok",
+        "_good_devices",
+        "_good_names",
+        "_good_units",
+        "_max_future_s",
+        "_max_metrics",
+        "_max_past_s",
+    )
 
     def __init__(self, limits: LimitsConfig) -> None:
         self._device_ok = safe_name_pattern(limits.max_device_id_length).fullmatch
+        self._good_devices: set[str] = set()
+        self._good_names: set[str] = set()
+        self._good_units: set[str] = set()
         self._max_metrics = limits.max_metrics
         self._max_past_s = limits.max_past_s
         self._max_future_s = limits.max_future_s
 
     def __call__(self, reading: Reading) -> None:
         device_id = reading.device_id
-        if self._device_ok(device_id) is None:
-            raise DecodeError("invalid_device_id", f"device id {device_id[:QUOTE]!r}")
+        if device_id not in self._good_devices:
+            if self._device_ok(device_id) is None:
+                raise DecodeError("invalid_device_id", f"device id {device_id[:QUOTE]!r}")
+            _remember(self._good_devices, device_id)
         metrics = reading.metrics
         count = len(metrics)
         if count == 0:
             raise DecodeError("missing_field", "no metrics")
         if count > self._max_metrics:
             raise DecodeError("too_many_metrics", f"{count} metrics, max {self._max_metrics}")
-        name_ok = METRIC_NAME.fullmatch
+        good_names = self._good_names
         isfinite = math.isfinite
         for name, value in metrics.items():
-            if name_ok(name) is None:
-                raise DecodeError("invalid_metric", f"metric name {name[:QUOTE]!r}")
+            if name not in good_names:
+                if METRIC_NAME.fullmatch(name) is None:
+                    raise DecodeError("invalid_metric", f"metric name {name[:QUOTE]!r}")
+                _remember(good_names, name)
             # Exactly float: decoders turn ints and bools into floats, so anything else is a bug
             # we would rather reject than write.
             if value.__class__ is not float:
@@ -106,9 +124,18 @@ class ReadingCheck:
             # No str(seq): a huge int cannot be printed (sys.get_int_max_str_digits).
             raise DecodeError("invalid_value", "seq is not an int in 0..2**63-1")
         if reading.units:
-            unit_ok = UNIT_NAME.fullmatch
+            good_units = self._good_units
             for name, unit in reading.units.items():
                 if name not in metrics:
                     raise DecodeError("invalid_schema", f"unit for unknown metric {name[:QUOTE]!r}")
-                if unit.__class__ is not str or unit_ok(unit) is None:
-                    raise DecodeError("invalid_schema", f"unit of {name!r}: {str(unit)[:QUOTE]!r}")
+                if unit.__class__ is not str or unit not in good_units:
+                    if unit.__class__ is not str or UNIT_NAME.fullmatch(unit) is None:
+                        detail = f"unit of {name!r}: {str(unit)[:QUOTE]!r}"
+                        raise DecodeError("invalid_schema", detail)
+                    _remember(good_units, unit)
+
+
+def _remember(names: set[str], name: str) -> None:
+    if len(names) >= NAME_MEMORY:
+        names.clear()
+    names.add(name)

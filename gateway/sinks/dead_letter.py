@@ -67,7 +67,7 @@ class DeadLetterSink:
         for envelope in batch:
             rejection = envelope.body
             lines.setdefault(day_partition(rejection.received_at), []).append(
-                rejection.to_json_line(self._max_payload_bytes)
+                rejection.to_json_bytes(self._max_payload_bytes)
             )
         return lines
 

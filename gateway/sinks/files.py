@@ -64,16 +64,17 @@ class FileSink:
         lines: Lines = {}
         for envelope in batch:
             reading = envelope.body
-            lines.setdefault(hour_partition(reading.ts), []).append(reading.to_json_line())
+            lines.setdefault(hour_partition(reading.ts), []).append(reading.to_json_bytes())
         return lines
 
     def _settle(self, batch: list[Envelope[Reading]]) -> None:
         # Called only once the batch is durable (per the fsync policy): now a crash is harmless.
         now = time.time()
-        latency = self._metrics.end_to_end_latency
         for envelope in batch:
             envelope.ack()
-            latency.observe(max(0.0, now - envelope.body.ts))
+        self._metrics.end_to_end_latency.observe_many(
+            [max(0.0, now - envelope.body.ts) for envelope in batch]
+        )
         self._metrics.readings_written.inc(len(batch))
         self._metrics.in_flight.dec(len(batch))
         if self._on_durable is not None:

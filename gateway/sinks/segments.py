@@ -20,7 +20,7 @@ from gateway.sinks.write_retry import SinkName, WriteRetry
 
 T = TypeVar("T")
 # Partition key (a relative directory such as `date=2026-11-25/hour=11`) -> lines to append.
-Lines = dict[str, list[str]]
+Lines = dict[str, list[bytes]]
 Parts = dict[str, bytes]
 # The longest the run loop sleeps: age rotation and interval fsync are checked at least this often.
 MAX_IDLE_S = 1.0
@@ -101,7 +101,7 @@ class SegmentStore:
 
     async def commit(self, lines: Lines, settle: Callable[[], None]) -> None:
         """Write one batch (one write per partition), make it durable per policy, then settle."""
-        parts = {key: "".join(chunk).encode() for key, chunk in lines.items()}
+        parts = {key: b"".join(chunk) for key, chunk in lines.items()}
         await self._make_room(parts.keys())
         started = time.perf_counter()
         await self._retry.run(lambda: self._write(parts))

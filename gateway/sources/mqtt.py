@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import ssl
 import threading
 import time
@@ -32,6 +31,12 @@ from gateway.errors import BrokerError
 from gateway.metrics import GatewayMetrics
 from gateway.model import Inbound
 from gateway.sources.acks import AckWindow
+from gateway.sources.paho_client import (
+    BufferedSocket,
+    GatewayClient,
+    install_buffered_socket,
+    install_no_topic_callbacks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,59 +46,6 @@ Handler = Callable[[list[Inbound]], Awaitable[None]]
 # give the loop back after this many so a flood cannot starve other callbacks.
 READ_BURST = 256
 MISC_INTERVAL_S = 1.0
-RECV_CHUNK = 256 * 1024
-
-
-class _NoTopicCallbacks:
-    """Stands in for paho's per-topic callback table, which we never use.
-
-    paho matches every incoming topic against that table (an MQTTMatcher trie walk through a
-    generator) before calling on_message, even when it is empty: ~10% of the gateway's CPU in a
-    profile of a QoS 1 drain. Installed through the private `_on_message_filtered`, only when it
-    is still the empty table (so `message_callback_add`, which we do not call, would fail loudly).
-    """
-
-    __slots__ = ()
-
-    def iter_match(self, _topic: str) -> tuple[()]:
-        return ()
-
-
-class _BufferedSocket:
-    """paho's plain TCP socket, read in large chunks.
-
-    paho reads each packet with ~4 small recv() calls (command byte, length bytes, body), which
-    made recv the largest cost of receiving (28% of the gateway's CPU in a profile of a QoS 1
-    drain). This serves those small reads from one large recv(). It is installed through paho's
-    private `_sock` attribute, checked at install time (paho is pinned <3), and never for TLS,
-    whose socket buffers records itself. Bytes held here are invisible to the selector, so the
-    reader re-schedules itself while `buffered` is non-zero.
-    """
-
-    __slots__ = ("_buf", "_pos", "_sock")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self._buf = b""
-        self._pos = 0
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def recv(self, size: int) -> bytes:
-        pos = self._pos
-        if pos >= len(self._buf):
-            data = self._sock.recv(RECV_CHUNK)  # BlockingIOError tells paho "try again"
-            if not data:
-                return data  # EOF: paho sees the connection lost
-            self._buf, pos = data, 0
-        end = pos + size
-        self._pos = end
-        return self._buf[pos:end]
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
 
 
 def _nothing() -> None:
@@ -116,7 +68,7 @@ def _unshared(topic_filter: str) -> str:
 class _Connection:
     """One paho client and its socket registrations; discarded after a disconnect."""
 
-    def __init__(self, source: MqttSource, client: paho.Client) -> None:
+    def __init__(self, source: MqttSource, client: GatewayClient) -> None:
         self.source = source
         self.client = client
         self.window = AckWindow(self._puback)
@@ -209,11 +161,12 @@ class MqttSource:
         if conn is not None and not conn.lost.done():
             try:
                 async with asyncio.timeout(timeout_s):
-                    while conn.client.want_write() and not conn.lost.done():
-                        conn.client.loop_write()
-                        await asyncio.sleep(0.005)
+                    while True:
+                        if not self._write_now(conn) or conn.lost.done():
+                            break
+                        await asyncio.sleep(0.005)  # the socket is full: give the broker a moment
                     conn.client.disconnect()
-                    conn.client.loop_write()
+                    self._write_now(conn)
             except (TimeoutError, OSError) as exc:
                 log.warning("could not flush acks before disconnecting: %s", exc)
         self._closing.set()
@@ -337,10 +290,19 @@ class MqttSource:
         if time.monotonic() - quiet_since > self._config.subscribe_timeout_s:
             raise BrokerError(f"no SUBACK within {self._config.subscribe_timeout_s}s")
 
-    def _make_client(self) -> paho.Client:
+    @staticmethod
+    def _write_now(conn: _Connection) -> bool:
+        """Write what paho has queued (acks) now, not on the next loop pass; True while some is
+        still waiting for the socket."""
+        conn.client.loop_write()
+        sock = conn.client.socket()
+        unsent = isinstance(sock, BufferedSocket) and not sock.flush()
+        return unsent or conn.client.want_write()
+
+    def _make_client(self) -> GatewayClient:
         cfg = self._config
         v5 = cfg.protocol == "5"
-        client = paho.Client(
+        client = GatewayClient(
             CallbackAPIVersion.VERSION2,
             client_id=cfg.client_id,
             clean_session=None if v5 else False,
@@ -359,9 +321,8 @@ class MqttSource:
             )
             if not cfg.tls.verify:
                 client.tls_insecure_set(True)
-        matcher = getattr(client, "_on_message_filtered", None)
-        if matcher is not None and not list(matcher.iter_match("#")):
-            client._on_message_filtered = _NoTopicCallbacks()  # type: ignore[assignment]
+        install_no_topic_callbacks(client)
+        client.on_publish_received = self._on_publish
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
@@ -474,18 +435,29 @@ class MqttSource:
         self._wake.set()
 
     def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
-        conn = self._conn
-        if conn is None or conn.client is not client:
+        # paho's own path, when GatewayClient's shortcut is not in place.
+        if self._conn is None or self._conn.client is not client:
             return
         try:
-            topic = message.topic
+            topic = message.topic.encode()
+        except UnicodeDecodeError:
+            topic = b""  # as _on_publish does with a topic that is not UTF-8
+        self._on_publish(topic, message.payload, message.qos, message.mid, message.dup)
+
+    def _on_publish(
+        self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool
+    ) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        try:
+            topic = topic_bytes.decode()
         except UnicodeDecodeError:
             topic = ""  # the template match rejects it as topic_mismatch
-        qos = message.qos
-        ack = conn.window.track(message.mid) if qos else _nothing
-        if message.dup:
+        ack = conn.window.track(mid) if qos else _nothing
+        if dup:
             self._metrics.mqtt_redeliveries.inc()
-        self._inbox.append(Inbound(topic, message.payload, qos, ack, self._subscription_of(topic)))
+        self._inbox.append(Inbound(topic, payload, qos, ack, self._subscription_of(topic)))
 
     def _subscription_of(self, topic: str) -> int:
         filters = self._filters
@@ -499,10 +471,20 @@ class MqttSource:
 
     def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
         # Runs inside paho's reconnect(), right after it set `_sock`, before CONNECT is sent.
-        plain = isinstance(sock, socket.socket) and not isinstance(sock, ssl.SSLSocket)
-        if plain and getattr(client, "_sock", None) is sock:
-            client._sock = _BufferedSocket(sock)  # type: ignore[assignment]
+        install_buffered_socket(
+            client, sock, self.loop, self._loop_thread, lambda why: self._lose(client, why)
+        )
         self._in_loop(self._register_reader, client, sock)
+
+    def _lose(self, client: paho.Client, why: str) -> None:
+        """The connection failed under us (a send): end the session; the broker redelivers."""
+        self._in_loop(self._lost, client, why)
+
+    def _lost(self, client: paho.Client, why: str) -> None:
+        conn = self._conn_of(client)
+        if conn is not None and not conn.lost.done():
+            conn.lost.set_result(why)
+            self._wake.set()
 
     def _on_socket_close(self, client: paho.Client, _u: Any, sock: Any) -> None:
         self._in_loop(self._forget_socket, client, sock)
@@ -576,7 +558,7 @@ class MqttSource:
     @staticmethod
     def _holds_bytes(client: paho.Client) -> bool:
         sock = client.socket()
-        if isinstance(sock, _BufferedSocket):
+        if isinstance(sock, BufferedSocket):
             return sock.buffered > 0
         return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
 
