@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import signal
@@ -23,6 +24,11 @@ from gateway.supervisor import Supervisor, detach_from_terminal
 log = logging.getLogger("gateway")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+# The gateway makes a handful of short-lived objects per message (envelopes, readings, dicts)
+# and almost no reference cycles. CPython's default collects the young generation every 700
+# allocations, i.e. every few messages; this makes it every ~50,000: 13% less CPU per message in
+# a QoS 1 drain (2.88 -> 2.51 CPU s per 100k, benchmarks/), with the same peak RSS.
+GC_THRESHOLDS = (50_000, 50, 1_000)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,6 +183,9 @@ def check_config(path: Path) -> int:
 
 
 def run_gateway(config: GatewayConfig) -> int:
+    # What was loaded so far lives as long as the process: keep it out of every collection.
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     try:
         asyncio.run(_serve(config))
     except KeyboardInterrupt:
