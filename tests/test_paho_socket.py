@@ -70,3 +70,16 @@ async def test_a_failed_send_is_reported_and_later_sends_refused() -> None:
     else:
         raise AssertionError("a send after a failure must raise, so paho sees the loss")
     buffered.close()
+
+
+async def test_close_sends_what_is_buffered_first() -> None:
+    """paho closes the socket right after it has written a DISCONNECT: it must still go out."""
+    buffered, peer = pair(asyncio.get_running_loop(), [])
+    try:
+        buffered.send(b"\x40\x02\x00\x07")
+        buffered.send(b"\xe0\x00")  # DISCONNECT
+        buffered.close()
+        assert await asyncio.to_thread(receive, peer, 6) == b"\x40\x02\x00\x07\xe0\x00"
+        assert await asyncio.to_thread(peer.recv, 1) == b""  # then the close
+    finally:
+        peer.close()

@@ -19,6 +19,7 @@ read, split and decoded by paho's own code.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import threading
@@ -180,10 +181,15 @@ class BufferedSocket:
             self._flush_handle = self._loop.call_later(SEND_RETRY_S, self._scheduled_flush)
 
     def close(self) -> None:
-        self._closed = True
+        """Send what is buffered if the kernel takes it now, then close. paho closes right after
+        it has "sent" a DISCONNECT, which must still reach the broker."""
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if not self._closed and self._out:
+            with contextlib.suppress(OSError):
+                self._sock.send(self._out)
+        self._closed = True
         self._out.clear()
         self._sock.close()
 
