@@ -41,9 +41,9 @@ class Connection:
         self.finished = False  # DISCONNECT written and the broker's EOF read
         self._lowat = 1
 
-    def add(self, log: DeviceLog, topic: bytes, message: Message) -> None:
+    def add(self, log: DeviceLog, message: Message) -> None:
         self._packets.append(
-            wire.publish_packet(topic, message.payload, self.qos, len(self._packets))
+            wire.publish_packet(message.topic, message.payload, self.qos, len(self._packets))
         )
         self.sent.append((log, message))
 

@@ -1,11 +1,11 @@
 """One load-publisher process: build its devices' messages, encode them, connect, send flat out.
 
 Everything costly happens before the clock starts: the simulators' own code builds the
-messages (the same bytes gateway-sim sends), wire.py encodes them into one buffer per
-connection in the order gateway-sim's blast sends them (every device in turn, so each device's
-messages stay in order on its one connection). Publishing is then non-blocking `send()`s of
-large slices, PUBACKs read in bulk and checked against the exact bytes expected: near zero CPU,
-so the broker, not this process, is the bottleneck.
+messages (the same bytes gateway-sim sends), wire.py (amqtt's codec) encodes them into one
+buffer per connection in the order gateway-sim's blast sends them (every device in turn, so
+each device's messages stay in order on its one connection). Publishing is then non-blocking
+`send()`s of large slices, PUBACKs read in bulk and checked against the exact bytes expected:
+near zero CPU, so the broker, not this process, is the bottleneck.
 """
 
 from __future__ import annotations
@@ -62,16 +62,11 @@ def build(
         for k in range(size)
     ]
     plans = [list(device_messages(spec, d, spec.count)) for d in devices]
-    topics: dict[str, bytes] = {}
     longest = max((len(p) for p in plans), default=0)
     for round_ in range(longest):
         for i, plan in enumerate(plans):
             if round_ < len(plan):
-                message = plan[round_]
-                topic = topics.get(message.topic)
-                if topic is None:
-                    topic = topics[message.topic] = wire.utf8_field(message.topic)
-                conns[i % size].add(logs[i], topic, message)
+                conns[i % size].add(logs[i], plan[round_])
     for conn in conns:
         conn.seal()
     return logs, conns

@@ -5,9 +5,9 @@ It sends exactly what `gateway-sim --prebuilt --rate 0 --connections pool` sends
 options (the simulators' own code builds the messages; same seed, device ids, topics and
 payloads, the same devices per process and per connection, in the same order) and writes the
 same manifest, so the audit works unchanged. The difference is how: messages are encoded once
-into big buffers before the clock starts and written with large non-blocking sends
-(blast_worker.py, wire.py), instead of one paho publish each (~15 µs of Python, which made
-the simulator the bottleneck of the live-load benchmark at ~34k msg/s QoS 1).
+(by amqtt's packet codec, wire.py) into big buffers before the clock starts and written with
+large non-blocking sends (blast_worker.py), instead of one paho publish each (~15 µs of Python,
+which made the simulator the bottleneck of the live-load benchmark at ~34k msg/s QoS 1).
 
 Each process connects, then all start together (a barrier), so the first publish of one does
 not wait for another still building.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
@@ -19,11 +19,21 @@ Checks = Callable[[], dict[str, bool]]
 class HttpServer:
     """One port: Prometheus metrics, liveness, and readiness with the reason when not ready."""
 
-    def __init__(self, config: HttpConfig, registry: CollectorRegistry, checks: Checks) -> None:
+    def __init__(
+        self,
+        config: HttpConfig,
+        registry: CollectorRegistry,
+        checks: Checks,
+        before_metrics: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """`before_metrics` runs before each /metrics answer (the supervisor fetches its
+        workers' metrics then, so the merged view is current)."""
         self._config = config
         self._checks = checks
+        self._before_metrics = before_metrics
+        self._metrics = make_aiohttp_handler(registry)
         self._app = web.Application()
-        self._app.router.add_get("/metrics", make_aiohttp_handler(registry))
+        self._app.router.add_get("/metrics", self._metrics_handler)
         self._app.router.add_get("/healthz", self._healthz)
         self._app.router.add_get("/readyz", self._readyz)
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
@@ -49,6 +59,11 @@ class HttpServer:
     @property
     def url(self) -> str:
         return f"http://{self._config.host}:{self.port}"
+
+    async def _metrics_handler(self, request: web.Request) -> web.StreamResponse:
+        if self._before_metrics is not None:
+            await self._before_metrics()
+        return await self._metrics(request)
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"status": "alive"})

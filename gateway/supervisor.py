@@ -96,7 +96,7 @@ class Supervisor:
         self.registry = Registry()
         self.registry.register(self._merged)
         self._metrics = SupervisorMetrics(self.registry, processes)
-        self._http = HttpServer(config.http, self.registry, self.checks)
+        self._http = HttpServer(config.http, self.registry, self.checks, self._refresh_metrics)
         self._stop = asyncio.Event()
 
     def checks(self) -> dict[str, bool]:
@@ -155,14 +155,23 @@ class Supervisor:
                     self._metrics.restarts.inc()
                     self._start(worker)
                 continue
-            status, text = await asyncio.to_thread(_get, f"{worker.url}/metrics")
-            if status == 200:
-                self._merged.update(str(worker.index), text)
+            await self._fetch_metrics(worker)
             ready, _ = await asyncio.to_thread(_get, f"{worker.url}/readyz")
             worker.ready = ready == 200
         self._metrics.running.set(
             sum(1 for w in self._workers if w.process is not None and w.process.is_alive())
         )
+
+    async def _fetch_metrics(self, worker: _Worker) -> None:
+        status, text = await asyncio.to_thread(_get, f"{worker.url}/metrics")
+        if status == 200 and worker.restart_at is None:
+            self._merged.update(str(worker.index), text)
+
+    async def _refresh_metrics(self) -> None:
+        """Before a scrape of the merged metrics: every running worker's, fetched now (not up
+        to POLL_S old); a worker that does not answer keeps its last text."""
+        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        await asyncio.gather(*(self._fetch_metrics(w) for w in running))
 
     async def _stop_all(self) -> int:
         log.info("stopping %d workers (each drains)", len(self._workers))

@@ -126,18 +126,18 @@ def test_blaster_sends_what_gateway_sim_sends_and_the_same_manifest(
 
 
 def test_encoded_packets_follow_mqtt_311() -> None:
-    """Remaining length, topic field, packet id wrapping, and the exact PUBACK expected."""
-    assert wire.remaining_length(0) == b"\x00"
-    assert wire.remaining_length(127) == b"\x7f"
-    assert wire.remaining_length(128) == b"\x80\x01"
-    assert wire.remaining_length(16_383) == b"\xff\x7f"
-    assert wire.remaining_length(2_097_152) == b"\x80\x80\x80\x01"
-    topic = wire.utf8_field("a/b")
-    assert topic == b"\x00\x03a/b"
-    assert wire.publish_packet(topic, b"xy", 0, 5) == b"\x30\x07\x00\x03a/bxy"
-    assert wire.publish_packet(topic, b"xy", 1, 0) == b"\x32\x09\x00\x03a/b\x00\x01xy"
+    """The bytes amqtt's codec gives the blaster: topic field, packet id wrapping, a remaining
+    length over one byte, and the exact PUBACK expected back."""
+    assert wire.publish_packet("a/b", b"xy", 0, 5) == b"\x30\x07\x00\x03a/bxy"
+    assert wire.publish_packet("a/b", b"xy", 1, 0) == b"\x32\x09\x00\x03a/b\x00\x01xy"
+    long = wire.publish_packet("a/b", b"x" * 200, 1, 65_534)
+    assert long[:8] == b"\x32\xcf\x01\x00\x03a/b"
+    assert long[8:10] == b"\xff\xff"
     assert wire.packet_id(65_534) == 65_535
     assert wire.packet_id(65_535) == 1  # never 0 (§2.3.1)
     assert wire.puback_packet(65_535) == b"\x40\x02\x00\x01"
+    assert wire.PUBACK_BYTES == 4
+    assert wire.CONNACK_ACCEPTED == b"\x20\x02\x00\x00"
+    assert wire.DISCONNECT == b"\xe0\x00"
     connect = wire.connect_packet("c1", 60)
     assert connect == b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1"

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 from collections import Counter
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest_asyncio
@@ -94,3 +95,30 @@ async def test_readyz_of_the_supervisor_names_each_worker(
     assert status == 200
     assert '"worker_0_ready": true' in body
     assert '"worker_1_ready": true' in body
+
+
+async def test_merged_metrics_are_fetched_from_the_workers_at_each_scrape(
+    broker: Broker, supervised: GatewayProcess, unique: str
+) -> None:
+    """A scrape of the supervisor shows what the workers show now, not a copy from its last
+    poll (up to a second old)."""
+    gw = supervised
+    gw.start("--processes", "2")
+    await gw.ready(timeout_s=60)
+    workers = re.findall(r"worker \d started \(pid \d+, (http://[^)]+)\)", gw.log)
+    assert len(workers) == 2
+
+    async def workers_written() -> float:
+        return sum([await _written_at(url) for url in workers])
+
+    await publish(broker.host, broker.port, list(fleet(unique, devices=20, per_device=25)))
+    await eventually(lambda: _equals(workers_written(), 500), timeout_s=60, message="500 written")
+    assert await _written(gw) == 500  # one scrape, no waiting for the supervisor's poll
+
+
+async def _written_at(url: str) -> float:
+    return value(await scrape(url), "gateway_readings_written_total")
+
+
+async def _equals(total: Awaitable[float], expected: float) -> bool:
+    return await total == expected
