@@ -36,6 +36,8 @@ class Drain:
     cpu_s: float  # the consumer's user + system time until then (its whole process tree)
     peak_rss_bytes: int
     startup_s: float | None = None  # gateway: spawn until /metrics first answered
+    # Several gateways: spawn until the first of them answered (none consumed before that).
+    first_answer_s: float | None = None
     audit: dict[str, Any] | None = None  # gateway: what the audit found in its files
     error: str | None = None
 
@@ -53,12 +55,28 @@ class Drain:
         return self.delivered / self.elapsed_s if self.elapsed_s > 0 else math.nan
 
     @property
+    def running_rate(self) -> float:
+        """msg/s once started: from the first /metrics answer of any of the gateways (each
+        answers before it connects, so nothing was consumed earlier) until done; the plain rate
+        when there is no such figure."""
+        first = self.first_answer_s if self.first_answer_s is not None else self.startup_s
+        if first is None:
+            return self.rate
+        running_s = self.elapsed_s - first
+        return self.delivered / running_s if running_s > 0 else math.nan
+
+    @property
     def cpu_per_100k(self) -> float:
         return self.cpu_s / self.delivered * 100_000 if self.delivered else math.nan
 
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out.update(ok=self.ok, rate=self.rate, cpu_s_per_100k=self.cpu_per_100k)
+        out.update(
+            ok=self.ok,
+            rate=self.rate,
+            running_rate=self.running_rate,
+            cpu_s_per_100k=self.cpu_per_100k,
+        )
         return out
 
 
@@ -129,6 +147,7 @@ class Watch:
     stored: int = 0
     finished: float = math.nan  # monotonic: when `stored` reached the count, or gave up
     startup_s: float | None = None  # from `start` until every /metrics first answered
+    first_answer_s: float | None = None  # from `start` until any /metrics first answered
     cpu_s: float = math.nan  # CPU seconds of the gateways' trees when done (minus `cpu_from`)
     peak_rss_bytes: int = 0
     error: str | None = None
@@ -150,6 +169,8 @@ def watch_stored(
     while True:
         scrapes = [g.try_scrape() for g in gateways]
         now = time.monotonic()
+        if watch.first_answer_s is None and any(s is not None for s in scrapes):
+            watch.first_answer_s = now - start
         if all(s is not None for s in scrapes):
             if watch.startup_s is None:
                 watch.startup_s = now - start
@@ -203,6 +224,7 @@ def finish_gateways(
         watch.cpu_s,
         watch.peak_rss_bytes,
         startup_s=watch.startup_s,
+        first_answer_s=watch.first_answer_s,
         audit=audit.as_dict() if audit else None,
         error=error,
     )

@@ -38,6 +38,11 @@ class Summary:
         return median([d.rate for d in self.drains if d.complete])
 
     @property
+    def running_rate(self) -> float:
+        """Median msg/s once started (see Drain.running_rate)."""
+        return median([d.running_rate for d in self.drains if d.complete])
+
+    @property
     def cpu_per_100k(self) -> float:
         return median([d.cpu_per_100k for d in self.drains if d.complete])
 
@@ -87,6 +92,7 @@ class Summary:
             "consumer": self.consumer,
             "ok": self.ok,
             "median_rate": self.rate,
+            "median_running_rate": self.running_rate,
             "median_cpu_s_per_100k": self.cpu_per_100k,
             "median_peak_rss_bytes": self.peak_rss_bytes,
             "median_startup_s": self.startup_s,

@@ -20,7 +20,7 @@ from benchmarks.drain import drain_gateways
 from benchmarks.gateway_proc import GatewayProcess, GatewaySetup, supports_processes
 from benchmarks.lab import Lab
 from benchmarks.load import publish_backlog
-from benchmarks.report import Section, Target, ratio
+from benchmarks.report import Section, Target, num, ratio
 
 GOAL = 1.6
 ONE, TWO, MULTI = "1 gateway", "2 gateways ($share)", "gateway run --processes 2"
@@ -103,9 +103,12 @@ def _section(summaries: dict[str, Summary]) -> Section:
         columns=COLUMNS,
     )
     for summary in summaries.values():
-        section.rows.append(summary.row(one.rate))
+        row = summary.row(one.rate)
+        once_started = summary.running_rate / one.running_rate if one.running_rate else math.nan
+        section.rows.append([*row[:4], num(summary.running_rate), ratio(once_started), *row[4:]])
         section.failed |= not summary.ok
-    section.columns = [c if c != "× ref" else "× 1 gateway" for c in COLUMNS]
+    columns = [c if c != "× ref" else "× 1 gateway" for c in COLUMNS]
+    section.columns = [*columns[:4], "msg/s once started", "× 1 once started", *columns[4:]]
     for label in (TWO, MULTI):
         if label in summaries:
             section.targets.append(_target(label, summaries[label], one))
@@ -117,6 +120,12 @@ def _section(summaries: dict[str, Summary]) -> Section:
         "Each group of sessions got its own copy of the same backlog; times from spawning the "
         "gateway(s) until their written + rejected counters (summed) reached the count. CPU "
         "and peak RSS are sums over the processes (peak: sum of each one's VmHWM).",
+        "once started = from the first /metrics answer of any of the group's processes (a "
+        "gateway serves /metrics before it connects, so nothing was consumed earlier) until "
+        "done; startup s = until all of them answered. The targets compare these: throughput "
+        "of a running service, not how fast it starts. `--processes 2` starts slower (its "
+        "supervisor imports the gateway, then spawns the workers, which import it again), "
+        "which the from-spawn ratio includes.",
         "One machine: the two gateways and the broker share its CPUs.",
     ]
     section.data = {"variants": {label: s.as_dict() for label, s in summaries.items()}}
@@ -124,10 +133,11 @@ def _section(summaries: dict[str, Summary]) -> Section:
 
 
 def _target(label: str, summary: Summary, one: Summary) -> Target:
-    share = summary.rate / one.rate if one.rate else math.nan
+    share = summary.running_rate / one.running_rate if one.running_rate else math.nan
+    from_spawn = summary.rate / one.rate if one.rate else math.nan
     both_ok = summary.ok and one.ok
     return Target(
-        f"{label} ≥ {GOAL}× one gateway",
-        ratio(share) if both_ok else "FAILED",
+        f"{label} ≥ {GOAL}× one gateway (once started)",
+        f"{ratio(share)} ({ratio(from_spawn)} from spawn)" if both_ok else "FAILED",
         None if math.isnan(share) else (both_ok and share >= GOAL),
     )
