@@ -140,7 +140,8 @@ class GatewayProcess:
 
     def try_scrape(self) -> Scrape | None:
         """The gateway's metrics; None until it answers. With --processes, the workers' own
-        endpoints, summed: the supervisor's merged /metrics is refreshed only once a second."""
+        endpoints, summed (None until all answer): cheaper for them than the supervisor's merged
+        /metrics, which fetches and parses theirs at each scrape."""
         urls = self._worker_urls() if self.setup.processes else [self.metrics_url]
         if not urls:
             return None
