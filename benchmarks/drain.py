@@ -172,7 +172,7 @@ def watch_stored(
         now = time.monotonic()
         if watch.first_answer_s is None and any(s is not None for s in scrapes):
             watch.first_answer_s = now - start
-        if all(s is not None for s in scrapes):
+        if all(s is not None for s in scrapes) and all(g.answered_all for g in gateways):
             if watch.startup_s is None:
                 watch.startup_s = now - start
                 if on_first_answer is not None:

@@ -99,6 +99,7 @@ class GatewayProcess:
         self.log = workdir / "gateway.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self._workers: list[str] = []
+        self.answered_all = False
         workdir.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
             CONFIG.format(
@@ -140,26 +141,28 @@ class GatewayProcess:
 
     def try_scrape(self) -> Scrape | None:
         """The gateway's metrics; None until it answers. With --processes, the workers' own
-        endpoints, summed (None until all answer): cheaper for them than the supervisor's merged
-        /metrics, which fetches and parses theirs at each scrape."""
+        endpoints, summed over those that answer (cheaper for them than the supervisor's
+        merged /metrics, which fetches and parses theirs at each scrape); `answered_all` says
+        whether every worker did."""
         urls = self._worker_urls() if self.setup.processes else [self.metrics_url]
-        if not urls:
-            return None
-        try:
-            return sum((scrape(url) for url in urls), Scrape())
-        except OSError:
-            return None
+        total, answered = Scrape(), 0
+        for url in urls:
+            try:
+                total += scrape(url)
+            except OSError:
+                continue
+            answered += 1
+        self.answered_all = answered == (self.setup.processes or 1)
+        return total if answered else None
 
     def _worker_urls(self) -> list[str]:
+        """The workers' /metrics found so far (each listens on a port of its own)."""
         if len(self._workers) < (self.setup.processes or 0):
-            found = [
+            self._workers = [
                 f"http://{HOST}:{port}/metrics"
                 for pid in proc_stats.tree(self.pid)[1:]
                 for port in proc_stats.listening_ports(pid)
             ]
-            if len(found) < (self.setup.processes or 0):
-                return []
-            self._workers = found
         return self._workers
 
     def wait_ready(self, timeout_s: float = 30.0) -> None:
