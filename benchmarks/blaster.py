@@ -25,11 +25,9 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.blast_worker import BlastResult, run_share
-from gateway.manifest import ManifestHeader, write_manifest
 from simulators.cli import build_parser as sim_parser
 from simulators.cli import spec_from_args
-from simulators.fleet import split
-from simulators.payloads import format_ts
+from simulators.fleet import join_all, split, write_run_manifest
 from simulators.spec import RunSpec
 
 # How long a process may wait at the start line for the others to build and connect.
@@ -164,40 +162,27 @@ def run(
                 continue
             results[result.process] = result
     finally:
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        join_all(procs)
     return [results[p] for p in range(len(procs))]
 
 
-def write_run_manifest(
+def write_blast_manifest(
     path: Path, spec: RunSpec, workers: list[BlastResult], started: float, finished: float
 ) -> None:
-    """The header as simulators.fleet.run_fleet writes it, then each process's device lines."""
+    """The manifest as gateway-sim writes it (simulators.fleet.write_run_manifest)."""
     faults: Counter[str] = Counter()
     for w in workers:
         faults.update(w.faults)
-    header = ManifestHeader(
-        seed=spec.seed,
-        format=spec.format,
-        qos=spec.qos,
-        topic_template=spec.topic_template,
-        device_id_pattern=spec.device_id_pattern,
-        profile=spec.profile.name,
-        devices=spec.devices,
-        started_at=format_ts(int(started * 1000)),
-        finished_at=format_ts(int(finished * 1000)),
-        messages_sent=sum(w.messages_sent for w in workers),
-        readings_sent=sum(w.readings_sent for w in workers),
-        messages_unacked=sum(w.unacked for w in workers),
-        faults=dict(sorted(faults.items())),
+    write_run_manifest(
+        path,
+        spec,
+        started=started,
+        finished=finished,
+        sent=(sum(w.messages_sent for w in workers), sum(w.readings_sent for w in workers)),
+        unacked=sum(w.unacked for w in workers),
+        faults=faults,
+        parts=[Path(w.part) for w in workers if w.part],
     )
-    written = [Path(w.part) for w in workers if w.part]
-    write_manifest(path, header, parts=written)
-    for part in written:
-        part.unlink()
 
 
 def summary(spec: RunSpec, workers: list[BlastResult], window: int) -> str:
@@ -236,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     workers = run(spec, window=args.window, timeout_s=timeout_s, manifest=args.manifest)
     if args.manifest is not None:
-        write_run_manifest(args.manifest, spec, workers, started, time.time())
+        write_blast_manifest(args.manifest, spec, workers, started, time.time())
     print(summary(spec, workers, args.window), flush=True)
     if args.manifest is not None:
         print(f"  manifest: {args.manifest}", flush=True)

@@ -8,8 +8,9 @@ import queue
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
 
@@ -177,12 +178,17 @@ def _run_processes(
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for proc in procs:
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        join_all(procs)
     return [results[p] for p in range(len(procs))]
+
+
+def join_all(procs: Sequence[BaseProcess], timeout_s: float = 10.0) -> None:
+    """Wait for each process to end; kill one that is still there after `timeout_s`."""
+    for proc in procs:
+        proc.join(timeout=timeout_s)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def run_fleet(
@@ -204,23 +210,47 @@ def run_fleet(
     finished = time.time()
     result = FleetResult(spec, workers, started, finished, manifest)
     if manifest is not None:
-        header = ManifestHeader(
-            seed=spec.seed,
-            format=spec.format,
-            qos=spec.qos,
-            topic_template=spec.topic_template,
-            device_id_pattern=spec.device_id_pattern,
-            profile=spec.profile.name,
-            devices=spec.devices,
-            started_at=format_ts(int(started * 1000)),
-            finished_at=format_ts(int(finished * 1000)),
-            messages_sent=result.total("messages_sent"),
-            readings_sent=result.total("readings_sent"),
-            messages_unacked=result.total("unacked"),
-            faults=dict(sorted(result.faults.items())),
+        write_run_manifest(
+            manifest,
+            spec,
+            started=started,
+            finished=finished,
+            sent=(result.total("messages_sent"), result.total("readings_sent")),
+            unacked=result.total("unacked"),
+            faults=result.faults,
+            parts=[Path(w.part) for w in workers if w.part],
         )
-        written = [Path(w.part) for w in workers if w.part]
-        write_manifest(manifest, header, parts=written)
-        for path in written:
-            path.unlink()
     return result
+
+
+def write_run_manifest(
+    path: Path,
+    spec: RunSpec,
+    *,
+    started: float,
+    finished: float,
+    sent: tuple[int, int],
+    unacked: int,
+    faults: Mapping[str, int],
+    parts: list[Path],
+) -> None:
+    """The run's manifest: its header (`sent` = messages, readings), then each process's part
+    (device lines), which is then removed. Also used by the benchmarks' load publisher."""
+    header = ManifestHeader(
+        seed=spec.seed,
+        format=spec.format,
+        qos=spec.qos,
+        topic_template=spec.topic_template,
+        device_id_pattern=spec.device_id_pattern,
+        profile=spec.profile.name,
+        devices=spec.devices,
+        started_at=format_ts(int(started * 1000)),
+        finished_at=format_ts(int(finished * 1000)),
+        messages_sent=sent[0],
+        readings_sent=sent[1],
+        messages_unacked=unacked,
+        faults=dict(sorted(faults.items())),
+    )
+    write_manifest(path, header, parts=parts)
+    for part in parts:
+        part.unlink()
