@@ -27,7 +27,7 @@ from pathlib import Path
 from benchmarks.blast_worker import BlastResult, run_share
 from simulators.cli import build_parser as sim_parser
 from simulators.cli import spec_from_args
-from simulators.fleet import join_all, split, write_run_manifest
+from simulators.fleet import join_all, part_paths, split, write_run_manifest
 from simulators.spec import RunSpec
 
 # How long a process may wait at the start line for the others to build and connect.
@@ -120,10 +120,7 @@ def run(
     results_q: multiprocessing.Queue[BlastResult] = ctx.Queue()
     start = ctx.Barrier(spec.processes)
     ranges = split(spec.devices, spec.processes)
-    parts = [
-        manifest.with_name(f"{manifest.name}.part-{p}") if manifest else None
-        for p in range(spec.processes)
-    ]
+    parts = part_paths(manifest, spec.processes)
     procs = [
         ctx.Process(
             target=_process_main,

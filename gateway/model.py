@@ -65,9 +65,6 @@ class Reading:
         # finite by construction (decode and convert_units refuse NaN and inf).
         return orjson.dumps(self.to_record(), option=orjson.OPT_APPEND_NEWLINE)
 
-    def to_json_line(self) -> str:
-        return self.to_json_bytes().decode()
-
 
 @dataclass(slots=True)
 class Rejection:
@@ -101,9 +98,6 @@ class Rejection:
     def to_json_bytes(self, max_payload_bytes: int) -> bytes:
         """The dead-letter line, newline included, as written (UTF-8)."""
         return orjson.dumps(self.to_record(max_payload_bytes), option=orjson.OPT_APPEND_NEWLINE)
-
-    def to_json_line(self, max_payload_bytes: int) -> str:
-        return self.to_json_bytes(max_payload_bytes).decode()
 
 
 def _nothing() -> None:

@@ -63,11 +63,14 @@ class Stage:
             took: list[float] = []
             for envelope in batch:
                 started = time.perf_counter()
-                # Sync steps run here, without a coroutine per reading; the first step that
-                # returns an awaitable hands the rest of that reading to _finish.
-                pending = self._run_sync(envelope, started, kept, rejected)
+                deadline = started + self._timeout_s
+                # Sync steps run here, without a coroutine per reading; a step that returns an
+                # awaitable hands the rest of that reading to _finish.
+                pending = self._run_sync(
+                    envelope, envelope.body, 0, deadline, kept=kept, rejected=rejected
+                )
                 if pending is not None:
-                    await self._finish(envelope, started, *pending, kept=kept, rejected=rejected)
+                    await self._finish(envelope, pending, deadline, kept=kept, rejected=rejected)
                 took.append(time.perf_counter() - started)
             self._metrics.processing_seconds.observe_many(took)
             if kept:
@@ -78,67 +81,62 @@ class Stage:
     def _run_sync(
         self,
         envelope: Envelope[Reading],
-        started: float,
+        reading: Reading,
+        first: int,
+        deadline: float,
+        *,
         kept: list[Envelope[Reading]],
         rejected: list[Envelope[Rejection]],
     ) -> tuple[int, Awaitable[Reading | None]] | None:
-        """Run the steps until one returns an awaitable: (its index, the awaitable); None once
-        the reading is kept, rejected or dropped."""
-        deadline = started + self._timeout_s
-        reading: Reading | None = envelope.body
+        """Run the steps from `first` on until one returns an awaitable: (its index, the
+        awaitable); None once the reading is kept, rejected or dropped."""
+        transforms = self._transforms
         try:
-            for index, transform in enumerate(self._transforms):
-                result = transform(reading)  # type: ignore[arg-type]
+            for index in range(first, len(transforms)):
+                result = transforms[index](reading)
                 if inspect.isawaitable(result):
                     return index, result
-                reading = result
                 if time.perf_counter() > deadline:
                     raise TimeoutError
-                if reading is None:
-                    self._drop(envelope, transform)
+                if result is None:
+                    self._drop(envelope, transforms[index])
                     return None
+                reading = result
         except Exception as exc:
             rejected.append(self._failed(envelope, exc))
         else:
-            envelope.body = reading  # type: ignore[assignment]
+            envelope.body = reading
             kept.append(envelope)
         return None
 
     async def _finish(
         self,
         envelope: Envelope[Reading],
-        started: float,
-        index: int,
-        awaiting: Awaitable[Reading | None],
+        pending: tuple[int, Awaitable[Reading | None]],
+        deadline: float,
         *,
         kept: list[Envelope[Reading]],
         rejected: list[Envelope[Rejection]],
     ) -> None:
-        """The rest of a reading's steps, from the one at `index`, whose awaitable is in hand."""
-        deadline = started + self._timeout_s
-        transforms = self._transforms
-        reading: Reading | None = None
-        try:
-            for at in range(index, len(transforms)):
-                transform = transforms[at]
-                result = awaiting if at == index else transform(reading)  # type: ignore[arg-type]
-                if inspect.isawaitable(result):
-                    async with asyncio.timeout(deadline - time.perf_counter()):
-                        result = await result
-                reading = result
+        """Await a step's result under the reading's deadline, then run the steps after it."""
+        next_step: tuple[int, Awaitable[Reading | None]] | None = pending
+        while next_step is not None:
+            index, awaiting = next_step
+            try:
+                # Past the deadline already: the timeout cancels the await at once.
+                async with asyncio.timeout(deadline - time.perf_counter()):
+                    reading = await awaiting
                 if time.perf_counter() > deadline:
                     raise TimeoutError
-                if reading is None:
-                    self._drop(envelope, transform)
-                    return
-        except Exception as exc:
-            rejected.append(self._failed(envelope, exc))
-        else:
-            envelope.body = reading  # type: ignore[assignment]
-            kept.append(envelope)
-        finally:
-            if inspect.iscoroutine(awaiting):
-                awaiting.close()  # never awaited when an earlier deadline hit: no warning
+            except Exception as exc:
+                rejected.append(self._failed(envelope, exc))
+                return
+            if reading is None:
+                self._drop(envelope, self._transforms[index])
+                return
+            next_step = self._run_sync(
+                envelope, reading, index + 1, deadline, kept=kept, rejected=rejected
+            )
 
     def _drop(self, envelope: Envelope[Reading], transform: Transform) -> None:
         self._metrics.dropped[getattr(transform, "drop_reason", "filtered")].inc()

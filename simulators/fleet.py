@@ -182,6 +182,14 @@ def _run_processes(
     return [results[p] for p in range(len(procs))]
 
 
+def part_paths(manifest: Path | None, processes: int) -> list[Path | None]:
+    """Where each process writes its devices' manifest lines, merged after the run."""
+    return [
+        manifest.with_name(f"{manifest.name}.part-{p}") if manifest else None
+        for p in range(processes)
+    ]
+
+
 def join_all(procs: Sequence[BaseProcess], timeout_s: float = 10.0) -> None:
     """Wait for each process to end; kill one that is still there after `timeout_s`."""
     for proc in procs:
@@ -196,10 +204,7 @@ def run_fleet(
 ) -> FleetResult:
     """Run the fleet (in this process when --processes 1) and write the merged manifest."""
     started = time.time()
-    parts: list[Path | None] = [
-        manifest.with_name(f"{manifest.name}.part-{p}") if manifest else None
-        for p in range(spec.processes)
-    ]
+    parts = part_paths(manifest, spec.processes)
     if spec.processes == 1:
         only = run_worker(
             spec, process=0, first=0, stop_index=spec.devices, report=on_progress, part=parts[0]

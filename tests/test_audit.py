@@ -64,12 +64,12 @@ def data_line(device_id: str, seq: int | None, metrics: dict[str, float] | None 
         units={"temperature": "Cel", "humidity": "%RH"},
         tags={"site": "site-01"},
     )
-    return reading.to_json_line()
+    return reading.to_json_bytes().decode()
 
 
 def dead_letter_line(device_id: str, payload: bytes, reason: str) -> str:
     rejection = Rejection(topic(device_id), payload, reason, "detail", TS + 2)
-    return rejection.to_json_line(1024 * 1024)
+    return rejection.to_json_bytes(1024 * 1024).decode()
 
 
 def fault(seq: int, kind: str, reason: str | None, payload: bytes) -> FaultRecord:

@@ -124,7 +124,7 @@ async def test_each_sink_recovers_only_its_own_tree(tmp_path: Path) -> None:
     sink, metrics, root = make_sink(tmp_path)
     part = root / DAY
     part.mkdir(parents=True)
-    line = rejection(1).to_json_line(1024)
+    line = rejection(1).to_json_bytes(1024).decode()
     left_open = part / f"{CLIENT}-00000003.jsonl.open"
     left_open.write_text(line + '{"received_at":"2026')
 

@@ -213,9 +213,9 @@ async def test_recovery_cuts_our_torn_line_seals_and_leaves_other_gateways_alone
 ) -> None:
     part = tmp_path / "data" / HOUR_11
     part.mkdir(parents=True)
-    whole = "".join(reading(i).to_json_line() for i in range(2))
+    whole = b"".join(reading(i).to_json_bytes() for i in range(2))
     ours = part / f"{CLIENT}-00000005.jsonl.open"
-    ours.write_text(whole + '{"device_id":"dev-1","ts":"2026-')
+    ours.write_bytes(whole + b'{"device_id":"dev-1","ts":"2026-')
     theirs = part / "gw-other-00000007.jsonl.open"
     theirs.write_bytes(b'{"seq":1}\n{"se')
     empty = part / f"{CLIENT}-00000006.jsonl.open"  # created just before the crash
@@ -226,7 +226,7 @@ async def test_recovery_cuts_our_torn_line_seals_and_leaves_other_gateways_alone
     await sink.recover()
 
     sealed = part / f"{CLIENT}-00000005.jsonl"
-    assert sealed.read_text() == whole
+    assert sealed.read_bytes() == whole
     assert not ours.exists()
     assert not empty.exists()
     assert theirs.read_bytes() == b'{"seq":1}\n{"se'
@@ -243,7 +243,7 @@ async def test_recovery_finishes_a_gzip_the_crash_interrupted(tmp_path: Path) ->
     """A complete .gz beside its .jsonl wins; an unfinished one is done again."""
     part = tmp_path / "data" / HOUR_11
     part.mkdir(parents=True)
-    line = reading(0).to_json_line()
+    line = reading(0).to_json_bytes().decode()
     (part / f"{CLIENT}-00000002.jsonl").write_text(line)
     (part / f"{CLIENT}-00000002.jsonl.gz").write_bytes(gzip.compress(line.encode()))
     (part / f"{CLIENT}-00000003.jsonl").write_text(line)

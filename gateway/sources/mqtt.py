@@ -436,19 +436,17 @@ class MqttSource:
 
     def _on_message(self, client: paho.Client, _u: Any, message: paho.MQTTMessage) -> None:
         # paho's own path, when GatewayClient's shortcut is not in place.
-        if self._conn is None or self._conn.client is not client:
-            return
         try:
             topic = message.topic.encode()
         except UnicodeDecodeError:
             topic = b""  # as _on_publish does with a topic that is not UTF-8
-        self._on_publish(topic, message.payload, message.qos, message.mid, message.dup)
+        self._on_publish(client, topic, message.payload, message.qos, message.mid, message.dup)
 
-    def _on_publish(
-        self, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool
+    def _on_publish(  # noqa: PLR0917 - a callback, called positionally once per message
+        self, client: paho.Client, topic_bytes: bytes, payload: bytes, qos: int, mid: int, dup: bool
     ) -> None:
         conn = self._conn
-        if conn is None:
+        if conn is None or conn.client is not client:
             return
         try:
             topic = topic_bytes.decode()

@@ -38,8 +38,8 @@ RECV_CHUNK = 256 * 1024
 # A send() the kernel would not take (the broker stopped reading) is retried after this long.
 SEND_RETRY_S = 0.005
 
-# (topic bytes, payload, qos, packet id, dup flag)
-PublishHandler = Callable[[bytes, bytes, int, int, bool], None]
+# (the client, topic bytes, payload, qos, packet id, dup flag)
+PublishHandler = Callable[[paho.Client, bytes, bytes, int, int, bool], None]
 
 FAST_PUBLISH = decode_publish is not None and hasattr(paho.Client, "_handle_publish")
 
@@ -56,7 +56,7 @@ class GatewayClient(paho.Client):
         if deliver is None or not FAST_PUBLISH or command & 0x06 == 0x04:  # QoS 2: paho's way
             return super()._handle_publish()
         decoded = decode_publish(command, packet["packet"], self._protocol)  # type: ignore[misc]
-        deliver(decoded.topic, decoded.payload, decoded.qos, decoded.mid, decoded.dup)
+        deliver(self, decoded.topic, decoded.payload, decoded.qos, decoded.mid, decoded.dup)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 

@@ -40,7 +40,7 @@ def assert_valid_readings(readings: object, limits: LimitsConfig, received_at: f
         assert all(type(unit) is str for unit in reading.units.values())
         assert "device_id" not in reading.tags
         assert "metric" not in reading.tags
-        assert reading.to_json_line().endswith("\n")  # the file sink can write it
+        assert reading.to_json_bytes().endswith(b"\n")  # the file sink can write it
 
 
 def decode_or_reason(
