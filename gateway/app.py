@@ -1,30 +1,30 @@
 """Gateway: the ONLY module that knows the topology; one TaskGroup, named tasks.
 
 One reading's way, top to bottom:
-  MqttSource (socket -> batches of Inbound)  ->  _admit: decode, shard by device
-  -> Channel per worker -> Stage (steps, timeout) -> Channel "store" -> FileSink (group commit,
-  fsync) -> ack.  Rejections from decode or steps -> Channel "rejects" -> DeadLetterSink -> ack.
+  MqttSource (socket -> bursts)  ->  Admission: decode, shard by device
+  -> Channel per worker -> Stage (steps over each batch, deadline) -> Channel "store" -> FileSink
+  (group commit, fsync) -> ack.  Rejections from decode or steps -> Channel "rejects" ->
+  DeadLetterSink -> ack.  A burst's PUBACKs leave once every part of it is durable.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Sequence
 
 from gateway._version import __version__
+from gateway.admit import Admission
 from gateway.channel import Channel
 from gateway.config import GatewayConfig
-from gateway.decode import make_decoder
-from gateway.errors import ConfigError, DecodeError
+from gateway.errors import ConfigError
 from gateway.http import HttpServer
 from gateway.metrics import GatewayMetrics, Registry
-from gateway.model import AckCountdown, Envelope, Inbound, Reading, Rejection
+from gateway.model import Reading, Rejection
 from gateway.sensor_values import SensorValues
 from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
-from gateway.sources.mqtt import MqttSource
+from gateway.sources.session import MqttSource
 from gateway.stage import Stage
 from gateway.transforms import Transform, build_transform
 
@@ -48,15 +48,13 @@ class Gateway:
         self.registry = registry if registry is not None else Registry()
         self.metrics = GatewayMetrics(self.registry, __version__)
         self._transforms = list(transforms) if transforms is not None else _build_steps(config)
-        self._decoders = [make_decoder(sub, config.limits) for sub in config.mqtt.subscriptions]
-        self._drop_qos0 = config.pipeline.qos0_policy == "drop_oldest"
         self._devices: set[str] = set()
         capacity = config.pipeline.channel_capacity
-        self._shards: list[Channel[Envelope[Reading]]] = [
+        self._shards: list[Channel[Reading]] = [
             Channel(capacity) for _ in range(config.pipeline.workers)
         ]
-        self._store: Channel[Envelope[Reading]] = Channel(capacity)
-        self._rejects: Channel[Envelope[Rejection]] = Channel(capacity)
+        self._store: Channel[Reading] = Channel(capacity)
+        self._rejects: Channel[Rejection] = Channel(capacity)
         m = self.metrics
         m.track_channel(
             "decoded", lambda: sum(len(c) for c in self._shards), capacity * len(self._shards)
@@ -96,6 +94,12 @@ class Gateway:
     def http_url(self) -> str:
         return self._http.url
 
+    async def wait_connected(self) -> None:
+        """Return once run() has started and the source is connected and subscribed."""
+        await self.started.wait()
+        assert self._source is not None
+        await self._source.subscribed.wait()
+
     def stop(self) -> None:
         """Ask run() to drain and return (safe to call from a signal handler)."""
         self._stop.set()
@@ -106,7 +110,15 @@ class Gateway:
         """Run source -> stages -> sinks until stopped; a crash in any task stops them all."""
         await self._files.recover()
         await self._dead_letter.recover()
-        self._source = MqttSource(self.config.mqtt, self.metrics, self._admit)
+        admit = Admission(
+            config=self.config,
+            metrics=self.metrics,
+            shards=self._shards,
+            rejects=self._rejects,
+            devices=self._devices,
+            max_devices=MAX_TRACKED_DEVICES,
+        )
+        self._source = MqttSource(self.config.mqtt, self.metrics, admit)
         await self._http.start()
         try:
             async with asyncio.TaskGroup() as tg:
@@ -127,7 +139,7 @@ class Gateway:
         finally:
             await self._http.stop()
 
-    def _stage(self, inbox: Channel[Envelope[Reading]]) -> Stage:
+    def _stage(self, inbox: Channel[Reading]) -> Stage:
         return Stage(
             transforms=self._transforms,
             timeout_s=self.config.pipeline.processing_timeout_s,
@@ -164,50 +176,6 @@ class Gateway:
         else:
             log.info("drained: everything received is stored and acked")
 
-    async def _admit(self, batch: list[Inbound]) -> None:
-        """Decode a batch from the source and route each reading to its device's worker."""
-        m = self.metrics
-        received_at = time.time()
-        shards = self._shards
-        n_shards = len(shards)
-        routed: list[list[Envelope[Reading]]] = [[] for _ in range(n_shards)]
-        droppable: list[list[Envelope[Reading]]] = [[] for _ in range(n_shards)]
-        rejects: list[Envelope[Rejection]] = []
-        devices = self._devices
-        items = 0
-        for msg in batch:
-            try:
-                readings = self._decoders[msg.subscription](msg.topic, msg.payload, received_at)
-            except DecodeError as exc:
-                rejection = Rejection(msg.topic, msg.payload, exc.reason, exc.detail, received_at)
-                rejects.append(Envelope(rejection, msg.topic, msg.payload, msg.ack))
-                items += 1
-                continue
-            ack = msg.ack if len(readings) == 1 else AckCountdown(msg.ack, len(readings)).settle
-            # Under drop_oldest, QoS 0 readings never wait: they may be dropped instead.
-            lanes = droppable if (msg.qos == 0 and self._drop_qos0) else routed
-            for reading in readings:
-                device = reading.device_id
-                if len(devices) < MAX_TRACKED_DEVICES:
-                    devices.add(device)
-                # One worker per device keeps each device's readings in order.
-                lanes[hash(device) % n_shards].append(
-                    Envelope(reading, msg.topic, msg.payload, ack, msg.qos == 0)
-                )
-            items += len(readings)
-        m.readings_received.inc(items)
-        m.in_flight.inc(items)
-        if rejects:
-            await self._rejects.put_many(rejects)
-        for shard, lane, spare in zip(shards, routed, droppable, strict=True):
-            if spare:
-                for victim in shard.put_dropping(spare, _is_droppable):
-                    victim.ack()
-                    m.dropped["queue_full"].inc()
-                    m.in_flight.dec()
-            if lane:
-                await shard.put_many(lane)
-
 
 def _build_steps(config: GatewayConfig) -> list[Transform]:
     steps = []
@@ -217,7 +185,3 @@ def _build_steps(config: GatewayConfig) -> list[Transform]:
         except ValueError as exc:
             raise ConfigError(f"steps.{index}: {exc}") from exc
     return steps
-
-
-def _is_droppable(envelope: Envelope[Reading]) -> bool:
-    return envelope.droppable

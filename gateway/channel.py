@@ -1,11 +1,12 @@
-"""Bounded Channel; put() waits when full (backpressure); get_batch()."""
+"""Bounded Channel of envelopes; put() waits when full (backpressure); get_batch()."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
+
+from gateway.model import Envelope
 
 T = TypeVar("T")
 
@@ -15,22 +16,26 @@ class ChannelClosedError(Exception):
 
 
 class Channel(Generic[T]):
-    """A bounded FIFO between two steps; producers wait when it is full.
+    """A bounded FIFO of envelopes between two steps; producers wait when it is full.
 
-    Items move in batches: one wake-up per batch, not per item. After `close()`, consumers get
-    what is left and then an empty batch, which means "done".
+    Capacity counts values (readings or rejections), not envelopes, and an envelope is never
+    split: it goes in when it fits, or when the channel is empty (so one larger than the whole
+    capacity still moves). After `close()`, consumers get what is left and then an empty batch,
+    which means "done".
     """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._items: deque[T] = deque()
+        self._envelopes: deque[Envelope[T]] = deque()
+        self._values = 0
         self._closed = False
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Values waiting (not envelopes)."""
+        return self._values
 
     @property
     def closed(self) -> bool:
@@ -39,52 +44,63 @@ class Channel(Generic[T]):
     @property
     def drained(self) -> bool:
         """Closed and empty: the consumer is done."""
-        return self._closed and not self._items
+        return self._closed and not self._envelopes
 
-    async def put_many(self, items: list[T]) -> None:
-        """Append all items, waiting for room as needed; order is kept."""
-        start = 0
-        while start < len(items):
+    def _fits(self, size: int) -> bool:
+        return not self._envelopes or self._values + size <= self.capacity
+
+    async def put(self, envelope: Envelope[T]) -> None:
+        """Append one envelope, waiting for room; order is kept."""
+        size = len(envelope.body)
+        while True:
             if self._closed:
                 raise ChannelClosedError("channel closed")
-            room = self.capacity - len(self._items)
-            if room <= 0:
-                self._writable.clear()
-                await self._writable.wait()
-                continue
-            self._items.extend(items[start : start + room])
-            start += room
-            self._readable.set()
+            if self._fits(size):
+                break
+            self._writable.clear()
+            await self._writable.wait()
+        self._envelopes.append(envelope)
+        self._values += size
+        self._readable.set()
 
-    async def put(self, item: T) -> None:
-        await self.put_many([item])
+    def put_dropping(self, envelope: Envelope[T]) -> list[Envelope[T]]:
+        """Append without waiting, making room by removing the oldest droppable envelopes.
 
-    def put_dropping(self, items: Iterable[T], droppable: Callable[[T], bool]) -> list[T]:
-        """Append without waiting, making room by removing the oldest droppable item.
-
-        For the drop_oldest policy: callers pass only droppable (QoS 0) items. When the channel
-        is full and holds no droppable item, the incoming item itself is dropped. Returns what
-        was dropped; the caller settles and counts it.
+        For the drop_oldest policy: callers pass only droppable (QoS 0) envelopes. When the
+        channel is full and holds nothing droppable, the incoming envelope itself is dropped.
+        Returns what was dropped; the caller counts it and releases its ack.
         """
-        dropped: list[T] = []
-        for item in items:
-            if len(self._items) >= self.capacity:
-                victim = next((x for x in self._items if droppable(x)), None)
-                if victim is None:
-                    dropped.append(item)
-                    continue
-                self._items.remove(victim)
-                dropped.append(victim)
-            self._items.append(item)
+        dropped: list[Envelope[T]] = []
+        if len(envelope.body) > self.capacity:
+            # Larger than the whole channel: its oldest values go first (they share its ack).
+            excess = len(envelope.body) - self.capacity
+            dropped.append(Envelope(envelope.body[:excess], envelope.ack.hold(), droppable=True))
+            envelope.body = envelope.body[excess:]
+        size = len(envelope.body)
+        if not self._fits(size):
+            kept: deque[Envelope[T]] = deque()
+            for queued in self._envelopes:
+                if queued.droppable and not self._fits(size):
+                    dropped.append(queued)
+                    self._values -= len(queued.body)
+                else:
+                    kept.append(queued)
+            self._envelopes = kept
+            if not self._fits(size):
+                dropped.append(envelope)
+                return dropped
+        self._envelopes.append(envelope)
+        self._values += size
         self._readable.set()
         return dropped
 
-    async def get_batch(self, max_items: int, timeout_s: float | None = None) -> list[T]:
-        """Wait for at least one item and take up to max_items.
+    async def get_batch(self, max_values: int, timeout_s: float | None = None) -> list[Envelope[T]]:
+        """Wait for at least one envelope and take envelopes up to `max_values` values in all
+        (at least one, whatever its size).
 
         An empty batch means the timeout passed or the channel is `drained`.
         """
-        while not self._items:
+        while not self._envelopes:
             if self._closed:
                 return []
             self._readable.clear()
@@ -96,12 +112,15 @@ class Channel(Generic[T]):
                         await self._readable.wait()
                 except TimeoutError:
                     return []
-        items = self._items
-        if len(items) <= max_items:
-            batch = list(items)
-            items.clear()
-        else:
-            batch = [items.popleft() for _ in range(max_items)]
+        envelopes = self._envelopes
+        first = envelopes.popleft()
+        batch = [first]
+        taken = len(first.body)
+        while envelopes and taken + len(envelopes[0].body) <= max_values:
+            envelope = envelopes.popleft()
+            batch.append(envelope)
+            taken += len(envelope.body)
+        self._values -= taken
         self._writable.set()
         return batch
 

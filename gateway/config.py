@@ -125,7 +125,11 @@ class MqttSourceConfig(_Part):
         "telemetry-gateway",
         description="Fixed, so the broker keeps our session; also names our segment files.",
     )
-    protocol: Literal["3.1.1", "5"] = Field("3.1.1", description="MQTT protocol version.")
+    protocol: Literal["auto", "5", "3.1.1"] = Field(
+        "auto",
+        description="MQTT protocol version. auto: MQTT 5, and 3.1.1 from then on when the broker "
+        "does not speak 5 (amqtt, Azure IoT Hub). 5 is the fast path; 3.1.1 goes through paho.",
+    )
     keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive interval.")
     connect_timeout_s: float = Field(10.0, gt=0, description="Deadline for CONNECT/CONNACK.")
     subscribe_timeout_s: float = Field(10.0, gt=0, description="Deadline for SUBSCRIBE/SUBACK.")
@@ -154,6 +158,21 @@ class MqttSourceConfig(_Part):
         ge=1,
         description="Messages read from the socket but not yet handed on; above this we stop "
         "reading the socket, so TCP pushes back on the broker.",
+    )
+    max_buffered_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Topic and payload bytes read but not yet handed on; above this we stop "
+        "reading the socket, as for max_buffered_messages.",
+    )
+    max_packet_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        le=268_435_455,
+        description="MQTT 5: the largest packet the broker may send us (Maximum Packet Size). The "
+        "broker discards larger messages without sending them (they cannot be dead-lettered), so "
+        "keep it well above limits.max_payload_bytes: payloads in between arrive and are "
+        "dead-lettered as payload_too_large. MQTT 3.1.1 has no such limit.",
     )
     subscriptions: tuple[SubscriptionConfig, ...] = Field(
         (SubscriptionConfig(),), min_length=1, description="What to subscribe to."
@@ -359,6 +378,16 @@ class GatewayConfig(BaseSettings):
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="On SIGTERM, time to drain and seal before giving up."
     )
+
+    @model_validator(mode="after")
+    def _packets_hold_the_payloads(self) -> GatewayConfig:
+        if self.mqtt.max_packet_bytes <= self.limits.max_payload_bytes:
+            raise ValueError(
+                f"mqtt.max_packet_bytes ({self.mqtt.max_packet_bytes}) must be above "
+                f"limits.max_payload_bytes ({self.limits.max_payload_bytes}): the broker would "
+                "discard payloads that should arrive"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -24,6 +24,7 @@ from pathlib import Path
 from gateway.app import Gateway
 from gateway.audit import audit, format_table
 from gateway.config import GatewayConfig, parse_listen_addr
+from gateway.errors import REJECT_REASONS
 from gateway.logs import setup_logging
 from gateway.manifest import read_header
 
@@ -102,10 +103,12 @@ def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
     return proc, port, name
 
 
-def demo_config(port: int, data_dir: Path, metrics_addr: str) -> GatewayConfig:
+def demo_config(port: int, data_dir: Path, metrics_addr: str, broker: str) -> GatewayConfig:
+    # amqtt speaks only MQTT 3.1.1: say so, rather than let "auto" find out (a few seconds).
+    protocol = "3.1.1" if broker == "amqtt" else "auto"
     return GatewayConfig.model_validate(
         {
-            "mqtt": {"port": port, "client_id": "demo-gateway"},
+            "mqtt": {"port": port, "client_id": "demo-gateway", "protocol": protocol},
             "files": {"data_dir": data_dir, "rotate_age_s": 60},
             "http": parse_listen_addr(metrics_addr),
             "steps": [
@@ -149,16 +152,20 @@ class Status:
     def line(self) -> str:
         m = self._m
         now = time.monotonic()
-        received = m.messages_received._value.get()
+        received = m.sample("gateway_messages_received_total")
         then, before = self._last
         rate = (received - before) / max(now - then, 1e-9)
         self._last = (now, received)
-        dead = sum(c._value.get() for c in m.rejected.values())
+        dead = sum(
+            m.sample("gateway_readings_rejected_total", reason=reason) for reason in REJECT_REASONS
+        )
+        written = m.sample("gateway_readings_written_total")
+        unacked = m.sample("gateway_unacked_messages")
         p99 = m.latency_quantile(0.99)
         depth = sum(m.channel_depths().values())
         return (
-            f"in {rate:7.0f} msg/s | written {m.readings_written._value.get():9.0f} | "
-            f"dead-lettered {dead:6.0f} | unacked {m.unacked._value.get():5.0f} | "
+            f"in {rate:7.0f} msg/s | written {written:9.0f} | "
+            f"dead-lettered {dead:6.0f} | unacked {unacked:5.0f} | "
             f"depth {depth:5.0f} | p99 e2e {p99 * 1000:7.1f} ms"
         )
 
@@ -180,9 +187,14 @@ async def run_demo(args: argparse.Namespace) -> int:
     broker, port, name = start_broker(args.broker, work)
     fleet: subprocess.Popen[bytes] | None = None
     try:
-        gateway = Gateway(demo_config(port, args.data_dir, args.metrics_addr))
+        gateway = Gateway(demo_config(port, args.data_dir, args.metrics_addr, name))
         task = asyncio.create_task(gateway.run(), name="gateway")
         await gateway.started.wait()
+        # The fleet starts once the gateway is subscribed: before that, the broker keeps nothing
+        # for it (its session does not exist yet on a first run).
+        connected = asyncio.create_task(gateway.wait_connected())
+        await asyncio.wait({connected, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
         fleet = start_fleet(args, port, manifest, name)
         print(
             f"demo: {name} on 127.0.0.1:{port}, {args.devices} devices at {args.rate} Hz, "
@@ -214,7 +226,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         m = gateway.metrics
         until = time.monotonic() + 60
         while time.monotonic() < until and not (
-            m.messages_received._value.get() >= sent and m.in_flight._value.get() == 0
+            m.sample("gateway_messages_received_total") >= sent
+            and m.sample("gateway_readings_in_flight") == 0
         ):
             await asyncio.sleep(0.1)
             status.show()

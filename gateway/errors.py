@@ -21,6 +21,7 @@ RejectReason = Literal[
     "out_of_range",
     "timeout",
     "transform_error",
+    "internal_error",
 ]
 REJECT_REASONS: tuple[str, ...] = get_args(RejectReason)
 
@@ -31,6 +32,33 @@ DROP_REASONS: tuple[str, ...] = get_args(DropReason)
 # Why a write to disk failed; derived from errno, never from library text.
 WriteErrorReason = Literal["no_space", "permission", "read_only", "not_a_directory", "io_error"]
 WRITE_ERROR_REASONS: tuple[str, ...] = get_args(WriteErrorReason)
+
+
+# Why a connection attempt failed or a session ended without us asking; counted, so a fixed set.
+ConnectionFailureReason = Literal[
+    "network_error",  # refused, unreachable, reset: nothing MQTT was said
+    "tls_error",  # handshake or certificate failure (also TLS to a plaintext port)
+    "connack_timeout",  # no CONNACK within connect_timeout_s
+    "not_mqtt",  # the peer's answer was not MQTT (e.g. plaintext to a TLS port)
+    "refused_credentials",  # bad user name or password
+    "refused_not_authorized",
+    "refused_client_id",
+    "refused_protocol",  # the broker does not speak the MQTT version we asked for
+    "refused_unavailable",  # server unavailable, busy, banned, quota, rate, use another server
+    "refused_other",
+    "subscribe_refused",  # a SUBACK failure code for one of our filters
+    "suback_timeout",
+    "session_taken_over",  # another client connected with our client id
+    "server_shutting_down",
+    "server_disconnect",  # any other DISCONNECT the broker sent
+    "keepalive_timeout",  # no PINGRESP in time: the broker or the path is gone
+    "connection_lost",  # the TCP connection ended without a DISCONNECT
+    "protocol_error",  # the broker sent something we cannot read
+]
+CONNECTION_FAILURE_REASONS: tuple[str, ...] = get_args(ConnectionFailureReason)
+
+MqttProtocol = Literal["3.1.1", "5"]
+MQTT_PROTOCOLS: tuple[str, ...] = get_args(MqttProtocol)
 
 
 class GatewayError(Exception):
@@ -66,9 +94,12 @@ class RejectedError(DecodeError):
 
 
 class BrokerError(GatewayError):
-    """Raised when the broker connection cannot be made or kept."""
+    """Raised when the broker connection cannot be made or kept; `reason` says why (counted),
+    the message says it in words an operator can act on."""
 
-    reason = "broker_error"
+    def __init__(self, reason: ConnectionFailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class SinkWriteError(GatewayError):

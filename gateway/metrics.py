@@ -16,7 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from gateway.errors import DROP_REASONS, REJECT_REASONS, WRITE_ERROR_REASONS
+from gateway.errors import (
+    CONNECTION_FAILURE_REASONS,
+    DROP_REASONS,
+    MQTT_PROTOCOLS,
+    REJECT_REASONS,
+    WRITE_ERROR_REASONS,
+)
 from gateway.sensor_values import SensorValues
 
 # Fine below 25 ms, where the latency target (p99 <= 10 ms) lives; coarse up to a minute for
@@ -143,6 +149,22 @@ class GatewayMetrics:
         self.mqtt_reconnects = Counter(
             "gateway_mqtt_reconnects", "Connection attempts after the first.", registry=r
         )
+        failures = Counter(
+            "gateway_mqtt_connection_failures",
+            "Failed connection attempts and sessions ended by the broker or the network, by cause.",
+            ["reason"],
+            registry=r,
+        )
+        self.mqtt_connection_failures = {
+            reason: failures.labels(reason) for reason in CONNECTION_FAILURE_REASONS
+        }
+        protocol = Gauge(
+            "gateway_mqtt_protocol",
+            "1 for the MQTT protocol version of the current (or last) connection.",
+            ["version"],
+            registry=r,
+        )
+        self.mqtt_protocol = {version: protocol.labels(version) for version in MQTT_PROTOCOLS}
         self.mqtt_sessions_lost = Counter(
             "gateway_mqtt_sessions_lost",
             "Reconnects where the broker no longer had our session (messages may be lost).",
@@ -174,6 +196,11 @@ class GatewayMetrics:
     def export_sensor_values(self, values: SensorValues) -> None:
         """Expose gateway_sensor_value and its bookkeeping, read from `values` at scrape time."""
         self.registry.register(SensorValuesCollector(values))
+
+    def sample(self, name: str, **labels: str) -> float:
+        """The current value of one sample (0 when it does not exist yet), read through the
+        registry's public API: for the demo's status line and for tests."""
+        return self.registry.get_sample_value(name, labels) or 0.0
 
     def channel_depths(self) -> dict[str, float]:
         return {name: depth() for name, depth in self._depths.items()}
@@ -219,6 +246,11 @@ class LoopHistogram(Collector):
         # Prometheus buckets are `le`: a value equal to a bound counts in that bound's bucket.
         self._counts[bisect_left(self._bounds, value)] += 1
         self._sum += value
+
+    def observe_n(self, value: float, count: int) -> None:
+        """`count` observations of the same value (e.g. a batch's time per reading)."""
+        self._counts[bisect_left(self._bounds, value)] += count
+        self._sum += value * count
 
     def observe_many(self, values: Iterable[float]) -> None:
         counts, bounds, total = self._counts, self._bounds, 0.0

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 
 from gateway.config import SensorValuesConfig
-from gateway.model import Envelope, Reading
+from gateway.model import Reading
 
 # Tag values come from topic levels (safe ids, at most 64 characters), but a transform may set a
 # tag too: a label value never exceeds this.
@@ -52,14 +52,13 @@ class SensorValues:
         self._devices: dict[str, _Device] = {}
         self._swept_at = clock()
 
-    def observe(self, batch: list[Envelope[Reading]]) -> None:
+    def observe(self, readings: list[Reading]) -> None:
         """Record a batch the file sink has made durable; known series take a few dict steps."""
         now = self._clock()
         devices = self._devices
         names = self.tag_names
         single = self._single
-        for envelope in batch:
-            reading = envelope.body
+        for reading in readings:
             key: GroupKey = (
                 reading.tags.get(single) if single else tuple(map(reading.tags.get, names))
             )

@@ -1,4 +1,4 @@
-"""Worker loop applying one chain of Transforms with a per-reading timeout."""
+"""Worker loop applying the chain of Transforms to each batch, under a deadline."""
 
 from __future__ import annotations
 
@@ -9,23 +9,26 @@ import time
 from collections.abc import Awaitable, Sequence
 
 from gateway.channel import Channel
-from gateway.errors import RejectedError
+from gateway.errors import DROP_REASONS, DropReason, RejectReason
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Reading, Rejection
-from gateway.transforms import Transform
+from gateway.transforms import Transform, Verdict
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH = 512
+# Most readings taken from the inbox at once; each envelope is still processed on its own.
+MAX_BATCH = 2048
 
 
 class Stage:
-    """Takes readings from `inbox`, runs the steps in order, and passes each reading on.
+    """Takes envelopes of readings from `inbox`, runs the steps over each, and passes it on.
 
-    A reading leaves as exactly one of: stored (to `store`), rejected (to `rejects`, with its
-    reason), or dropped (acked and counted). Sync steps run inline; a step may also return an
-    awaitable, which is awaited under the reading's deadline. A step past the deadline — sync or
-    not — rejects the reading with reason `timeout`.
+    Each reading leaves as exactly one of: stored (to `store`), rejected (to `rejects`, with its
+    reason), or dropped (counted). Steps run over the envelope's whole batch; a step may return an
+    awaitable, awaited under the batch's deadline (`timeout_s` from when the stage took it).
+    Readings not through every step by the deadline are rejected as `timeout`. A step that raises
+    is run again reading by reading, so that only the readings it cannot handle are rejected
+    (`transform_error`) and the others go on.
     """
 
     def __init__(
@@ -34,11 +37,14 @@ class Stage:
         transforms: Sequence[Transform],
         timeout_s: float,
         metrics: GatewayMetrics,
-        inbox: Channel[Envelope[Reading]],
-        store: Channel[Envelope[Reading]],
-        rejects: Channel[Envelope[Rejection]],
+        inbox: Channel[Reading],
+        store: Channel[Reading],
+        rejects: Channel[Rejection],
     ) -> None:
         self._transforms = tuple(transforms)
+        self._drop_reasons: tuple[DropReason, ...] = tuple(
+            _drop_reason(transform) for transform in self._transforms
+        )
         self._timeout_s = timeout_s
         self._metrics = metrics
         self._inbox = inbox
@@ -49,6 +55,7 @@ class Stage:
     async def run(self) -> None:
         """Process until the inbox is drained."""
         inbox = self._inbox
+        observe = self._metrics.processing_seconds.observe_n
         while True:
             batch = await inbox.get_batch(MAX_BATCH)
             if not batch:
@@ -56,108 +63,103 @@ class Stage:
                     return
                 continue
             if not self._transforms:
-                await self._store.put_many(batch)
+                for envelope in batch:
+                    await self._store.put(envelope)
                 continue
-            kept: list[Envelope[Reading]] = []
-            rejected: list[Envelope[Rejection]] = []
-            took: list[float] = []
             for envelope in batch:
                 started = time.perf_counter()
-                deadline = started + self._timeout_s
-                # Sync steps run here, without a coroutine per reading; a step that returns an
-                # awaitable hands the rest of that reading to _finish.
-                pending = self._run_sync(
-                    envelope, envelope.body, 0, deadline, kept=kept, rejected=rejected
-                )
-                if pending is not None:
-                    await self._finish(envelope, pending, deadline, kept=kept, rejected=rejected)
-                took.append(time.perf_counter() - started)
-            self._metrics.processing_seconds.observe_many(took)
-            if kept:
-                await self._store.put_many(kept)
-            if rejected:
-                await self._rejects.put_many(rejected)
+                kept, rejected = await self._apply(envelope.body, started + self._timeout_s)
+                readings = len(envelope.body)
+                observe((time.perf_counter() - started) / readings, readings)
+                await self._pass_on(envelope, kept, rejected)
 
-    def _run_sync(
-        self,
-        envelope: Envelope[Reading],
-        reading: Reading,
-        first: int,
-        deadline: float,
-        *,
-        kept: list[Envelope[Reading]],
-        rejected: list[Envelope[Rejection]],
-    ) -> tuple[int, Awaitable[Reading | None]] | None:
-        """Run the steps from `first` on until one returns an awaitable: (its index, the
-        awaitable); None once the reading is kept, rejected or dropped."""
-        transforms = self._transforms
+    async def _apply(
+        self, readings: list[Reading], deadline: float
+    ) -> tuple[list[Reading], list[tuple[Reading, RejectReason, str]]]:
+        """Run every step over `readings`: (kept, rejected with reason and detail)."""
+        rejected: list[tuple[Reading, RejectReason, str]] = []
+        for index, transform in enumerate(self._transforms):
+            if not readings:
+                break
+            if time.perf_counter() > deadline:
+                detail = f"steps took over {self._timeout_s}s"
+                rejected.extend((reading, "timeout", detail) for reading in readings)
+                return [], rejected
+            verdict = await self._run_step(transform, readings, deadline)
+            if verdict is None:  # past the deadline while awaiting the step
+                detail = f"steps took over {self._timeout_s}s"
+                rejected.extend((reading, "timeout", detail) for reading in readings)
+                return [], rejected
+            if verdict.dropped:
+                self._metrics.dropped[self._drop_reasons[index]].inc(verdict.dropped)
+                self._metrics.in_flight.dec(verdict.dropped)
+            rejected.extend(verdict.rejected)
+            readings = verdict.kept
+        return readings, rejected
+
+    async def _run_step(
+        self, transform: Transform, readings: list[Reading], deadline: float
+    ) -> Verdict | None:
+        """One step over the batch; None when an awaited step passed the deadline."""
         try:
-            for index in range(first, len(transforms)):
-                result = transforms[index](reading)
-                if inspect.isawaitable(result):
-                    return index, result
-                if time.perf_counter() > deadline:
-                    raise TimeoutError
+            result = transform(readings)
+            if inspect.isawaitable(result):
+                result = await self._await(result, deadline)
                 if result is None:
-                    self._drop(envelope, transforms[index])
                     return None
-                reading = result
+            if not isinstance(result, Verdict):
+                raise TypeError(f"a step returned {type(result).__name__}, not a Verdict")
+            return result
         except Exception as exc:
-            rejected.append(self._failed(envelope, exc))
-        else:
-            envelope.body = reading
-            kept.append(envelope)
-        return None
+            self._warn(exc)
+        if len(readings) == 1:
+            return Verdict([], [(readings[0], "transform_error", "the step raised an error")])
+        # Find the readings it cannot handle: each on its own.
+        merged = Verdict([])
+        for reading in readings:
+            verdict = await self._run_step(transform, [reading], deadline)
+            if verdict is None:
+                return None
+            merged.kept.extend(verdict.kept)
+            merged.rejected.extend(verdict.rejected)
+            merged.dropped += verdict.dropped
+        return merged
 
-    async def _finish(
+    @staticmethod
+    async def _await(awaiting: Awaitable[Verdict], deadline: float) -> Verdict | None:
+        try:
+            # Past the deadline already: the timeout cancels the await at once.
+            async with asyncio.timeout(deadline - time.perf_counter()):
+                return await awaiting
+        except TimeoutError:
+            return None
+
+    async def _pass_on(
         self,
         envelope: Envelope[Reading],
-        pending: tuple[int, Awaitable[Reading | None]],
-        deadline: float,
-        *,
-        kept: list[Envelope[Reading]],
-        rejected: list[Envelope[Rejection]],
+        kept: list[Reading],
+        rejected: list[tuple[Reading, RejectReason, str]],
     ) -> None:
-        """Await a step's result under the reading's deadline, then run the steps after it."""
-        next_step: tuple[int, Awaitable[Reading | None]] | None = pending
-        while next_step is not None:
-            index, awaiting = next_step
-            try:
-                # Past the deadline already: the timeout cancels the await at once.
-                async with asyncio.timeout(deadline - time.perf_counter()):
-                    reading = await awaiting
-                if time.perf_counter() > deadline:
-                    raise TimeoutError
-            except Exception as exc:
-                rejected.append(self._failed(envelope, exc))
-                return
-            if reading is None:
-                self._drop(envelope, self._transforms[index])
-                return
-            next_step = self._run_sync(
-                envelope, reading, index + 1, deadline, kept=kept, rejected=rejected
-            )
+        """Hand the kept readings to the store and the rejected to the dead-letter sink; each new
+        envelope holds a part of the burst's ack, and the one taken from the inbox lets go."""
+        ack = envelope.ack
+        if kept:
+            await self._store.put(Envelope(kept, ack.hold()))
+        if rejected:
+            records = [
+                Rejection(r.topic, r.payload, reason, detail, r.received_at)
+                for r, reason, detail in rejected
+            ]
+            await self._rejects.put(Envelope(records, ack.hold()))
+        ack.release()
 
-    def _drop(self, envelope: Envelope[Reading], transform: Transform) -> None:
-        self._metrics.dropped[getattr(transform, "drop_reason", "filtered")].inc()
-        self._metrics.in_flight.dec()
-        envelope.ack()
-
-    def _failed(self, envelope: Envelope[Reading], exc: Exception) -> Envelope[Rejection]:
-        """The dead-letter record of a reading whose steps failed."""
-        if isinstance(exc, RejectedError):
-            return self._rejection(envelope, exc.reason, exc.detail)
-        if isinstance(exc, TimeoutError):
-            return self._rejection(envelope, "timeout", f"steps took over {self._timeout_s}s")
-        # A broken step must not kill the worker or lose the reading.
+    def _warn(self, exc: Exception) -> None:
         name = type(exc).__name__
         if name not in self._warned:
             self._warned.add(name)
             log.warning("a processing step raised %s; such readings are dead-lettered", name)
-        return self._rejection(envelope, "transform_error", name)
 
-    @staticmethod
-    def _rejection(envelope: Envelope[Reading], reason: str, detail: str) -> Envelope[Rejection]:
-        body = envelope.body
-        rejection = Rejection(envelope.topic, envelope.payload, reason, detail, body.received_at)
-        return Envelope(rejection, envelope.topic, envelope.payload, envelope.ack)
+
+def _drop_reason(transform: Transform) -> DropReason:
+    reason = getattr(transform, "drop_reason", "filtered")
+    return reason if reason in DROP_REASONS else "filtered"

@@ -85,3 +85,30 @@ class TopicTemplate:
                 raise DecodeError(reason, f"topic level {name} = {value[:64]!r} is not a safe id")
             found[name] = value
         return found
+
+
+def unshared(topic_filter: str) -> str:
+    """A filter without its `$share/<group>/` prefix (MQTT 5 §4.8.2)."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        return parts[2] if len(parts) == 3 else ""
+    return topic_filter
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """Whether a topic matches a filter with `+` and `#` wildcards (MQTT 3.1.1 §4.7).
+
+    Topics starting with `$` are not matched by a filter starting with a wildcard (§4.7.2).
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    levels = topic.split("/")
+    wanted = topic_filter.split("/")
+    for index, level in enumerate(wanted):
+        if level == "#":
+            return True  # also matches the parent level itself: `a/#` matches `a`
+        if index >= len(levels):
+            return False
+        if level not in ("+", levels[index]):
+            return False
+    return len(levels) == len(wanted)

@@ -34,3 +34,9 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
 def unique() -> str:
     """A short id unique in this session: prefix topics and client ids with it."""
     return f"t{os.getpid()}x{next(_unique)}"
+
+
+@pytest.fixture(params=["3.1.1", "5"])
+def protocol(request: pytest.FixtureRequest) -> str:
+    """The MQTT version a test runs on: contracts of the source hold on both wires."""
+    return str(request.param)

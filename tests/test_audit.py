@@ -18,6 +18,7 @@ from gateway.manifest import (
     write_manifest,
 )
 from gateway.model import Reading, Rejection
+from tests.support.readings import dead_letter_line_of, line_of
 
 TS = 1_795_600_000.0
 DEVICES = ("dev-00000", "dev-00001", "dev-00002")
@@ -64,12 +65,12 @@ def data_line(device_id: str, seq: int | None, metrics: dict[str, float] | None 
         units={"temperature": "Cel", "humidity": "%RH"},
         tags={"site": "site-01"},
     )
-    return reading.to_json_bytes().decode()
+    return line_of(reading).decode()
 
 
 def dead_letter_line(device_id: str, payload: bytes, reason: str) -> str:
     rejection = Rejection(topic(device_id), payload, reason, "detail", TS + 2)
-    return rejection.to_json_bytes(1024 * 1024).decode()
+    return dead_letter_line_of(rejection).decode()
 
 
 def fault(seq: int, kind: str, reason: str | None, payload: bytes) -> FaultRecord:

@@ -1,4 +1,4 @@
-"""Channel: bounded, waits when full, hands out batches, drains after close."""
+"""Channel: bounded in values, waits when full, hands out batches, drains after close."""
 
 from __future__ import annotations
 
@@ -7,53 +7,86 @@ import asyncio
 import pytest
 
 from gateway.channel import Channel, ChannelClosedError
-from tests.support.poll import eventually
+from gateway.model import Ack, Envelope
+
+
+def env(*values: str, droppable: bool = False) -> Envelope[str]:
+    return Envelope(list(values), Ack(), droppable=droppable)
+
+
+def values(batch: list[Envelope[str]]) -> list[str]:
+    return [value for envelope in batch for value in envelope.body]
 
 
 async def test_put_waits_while_full_and_resumes_when_room_is_made() -> None:
-    channel: Channel[int] = Channel(3)
-    putter = asyncio.create_task(channel.put_many([1, 2, 3, 4, 5]))
-    await eventually(lambda: len(channel) == 3)
-    assert not putter.done(), "a full channel makes the producer wait"
-    assert await channel.get_batch(2) == [1, 2]
+    channel: Channel[str] = Channel(3)
+    await channel.put(env("1", "2"))
+    putter = asyncio.create_task(channel.put(env("3", "4")))
+    done, _ = await asyncio.wait({putter}, timeout=0.1)
+    assert not done, "an envelope that does not fit makes the producer wait"
+    assert len(channel) == 2
+    assert values(await channel.get_batch(2)) == ["1", "2"]
     await asyncio.wait_for(putter, 5)
-    assert await channel.get_batch(10) == [3, 4, 5]
+    assert values(await channel.get_batch(10)) == ["3", "4"]
+
+
+async def test_an_envelope_larger_than_the_capacity_still_moves_through_an_empty_channel() -> None:
+    channel: Channel[str] = Channel(2)
+    await asyncio.wait_for(channel.put(env("a", "b", "c")), 5)
+    assert len(channel) == 3
+    assert values(await channel.get_batch(1)) == ["a", "b", "c"], "never split"
+
+
+async def test_get_batch_takes_whole_envelopes_up_to_max_values() -> None:
+    channel: Channel[str] = Channel(10)
+    for value in ("a", "b", "c"):
+        await channel.put(env(value, value))
+    batch = await channel.get_batch(4)
+    assert values(batch) == ["a", "a", "b", "b"]
+    assert len(channel) == 2
 
 
 async def test_get_batch_returns_empty_after_close_and_drain() -> None:
-    channel: Channel[int] = Channel(10)
-    await channel.put_many([1, 2])
+    channel: Channel[str] = Channel(10)
+    await channel.put(env("1", "2"))
     channel.close()
     assert not channel.drained
-    assert await channel.get_batch(10) == [1, 2]
+    assert values(await channel.get_batch(10)) == ["1", "2"]
     assert channel.drained
     assert await channel.get_batch(10) == []
     with pytest.raises(ChannelClosedError):
-        await channel.put(3)
+        await channel.put(env("3"))
 
 
 async def test_get_batch_times_out_empty_without_closing() -> None:
-    channel: Channel[int] = Channel(10)
+    channel: Channel[str] = Channel(10)
     assert await channel.get_batch(10, timeout_s=0.01) == []
     assert not channel.drained
 
 
-def await_all(channel: Channel[tuple[str, bool]]) -> list[tuple[str, bool]]:
-    return asyncio.run(channel.get_batch(100))
-
-
-def test_put_dropping_removes_the_oldest_droppable_item() -> None:
-    channel: Channel[tuple[str, bool]] = Channel(3)
-    channel.put_dropping([("a", True), ("b", False), ("c", True)], lambda x: x[1])
-    dropped = channel.put_dropping([("d", True)], lambda x: x[1])
-    assert dropped == [("a", True)]
-    assert channel.put_dropping([], lambda x: x[1]) == []
-    assert await_all(channel) == [("b", False), ("c", True), ("d", True)]
+async def test_put_dropping_removes_the_oldest_droppable_envelope() -> None:
+    channel: Channel[str] = Channel(3)
+    first = env("a", droppable=True)
+    assert channel.put_dropping(first) == []
+    await channel.put(env("b"))
+    assert channel.put_dropping(env("c", droppable=True)) == []
+    dropped = channel.put_dropping(env("d", droppable=True))
+    assert dropped == [first]
+    assert values(await channel.get_batch(100)) == ["b", "c", "d"]
 
 
 def test_put_dropping_drops_the_newcomer_when_nothing_old_may_go() -> None:
-    channel: Channel[tuple[str, bool]] = Channel(1)
-    assert channel.put_dropping([("keep", False)], lambda x: x[1]) == []
-    dropped = channel.put_dropping([("new", True)], lambda x: x[1])
-    assert dropped == [("new", True)]
+    channel: Channel[str] = Channel(1)
+    channel.put_dropping(env("keep"))
+    newcomer = env("new", droppable=True)
+    assert channel.put_dropping(newcomer) == [newcomer]
     assert len(channel) == 1
+
+
+def test_put_dropping_an_envelope_larger_than_the_channel_keeps_its_newest_values() -> None:
+    channel: Channel[str] = Channel(2)
+    big = env("a", "b", "c", "d", droppable=True)
+    [cut] = channel.put_dropping(big)
+    assert cut.body == ["a", "b"]
+    assert len(channel) == 2
+    assert big.body == ["c", "d"]

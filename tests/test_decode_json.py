@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from gateway.config import LimitsConfig, SubscriptionConfig
 from gateway.decode import make_decoder
 from gateway.decode.checks import NAME_MEMORY
-from gateway.decode.json_reading import parse_ts
+from gateway.decode.timestamps import TimestampParser
 from gateway.errors import DecodeError
 from tests.support.readings import NOW, assert_valid_readings, decode_or_reason, reason_of
 
@@ -68,6 +68,7 @@ def test_ts_is_iso_8601_epoch_seconds_or_epoch_milliseconds(ts: object, expected
 
 
 def test_numbers_above_1e11_are_milliseconds_and_below_are_seconds() -> None:
+    parse_ts = TimestampParser()
     assert parse_ts(1e11) == 1e11
     assert parse_ts(1e11 + 1000) == pytest.approx(1e8 + 1)
 

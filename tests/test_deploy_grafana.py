@@ -201,7 +201,7 @@ async def test_every_metric_a_dashboard_reads_is_exported_by_a_running_gateway(
     async with running(gateway):
         await publish(broker.host, broker.port, messages, qos=1)
         await eventually(
-            lambda: gateway.metrics.readings_written._value.get() == len(messages),
+            lambda: gateway.metrics.sample("gateway_readings_written_total") == len(messages),
             message="all written",
         )
         samples = await scrape(gateway.http_url)

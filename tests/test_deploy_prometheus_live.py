@@ -154,7 +154,7 @@ async def test_prometheus_scrapes_the_gateway_and_evaluates_every_alert(
             messages = list(fleet(unique, devices=20, per_device=10))
             await publish(broker.host, broker.port, messages, qos=1)
             await eventually(
-                lambda: gateway.metrics.readings_written._value.get() == len(messages),
+                lambda: gateway.metrics.sample("gateway_readings_written_total") == len(messages),
                 timeout_s=15,
                 message="all written",
             )

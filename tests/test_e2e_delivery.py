@@ -32,7 +32,7 @@ async def test_twenty_thousand_readings_from_500_devices_all_land_once_intact(
     async with running(gateway):
         await publish(broker.host, broker.port, messages, qos=1)
         await eventually(
-            lambda: gateway.metrics.readings_written._value.get() >= 20_000,
+            lambda: gateway.metrics.sample("gateway_readings_written_total") >= 20_000,
             timeout_s=120,
             message="20k written",
         )
@@ -89,8 +89,9 @@ async def test_each_bad_payload_is_dead_lettered_with_its_reason_and_counted(
         await publish(broker.host, broker.port, good + bad, qos=1)
         await eventually(
             lambda: (
-                gateway.metrics.in_flight._value.get() == 0
-                and gateway.metrics.messages_received._value.get() == len(good) + len(bad)
+                gateway.metrics.sample("gateway_readings_in_flight") == 0
+                and gateway.metrics.sample("gateway_messages_received_total")
+                == len(good) + len(bad)
             ),
             message="all settled",
         )
@@ -109,12 +110,13 @@ async def test_each_bad_payload_is_dead_lettered_with_its_reason_and_counted(
 
 
 async def test_metrics_over_http_agree_with_the_files_and_add_up(
-    broker: Broker, tmp_path: Path, unique: str
+    broker: Broker, tmp_path: Path, unique: str, protocol: str
 ) -> None:
     config = make_config(
         broker,
         tmp_path,
         unique,
+        mqtt={"protocol": protocol},
         steps=[
             {"kind": "drop_duplicates"},
             {"kind": "check_range", "metric": "temperature", "min": -50, "max": 100},
@@ -129,8 +131,8 @@ async def test_metrics_over_http_agree_with_the_files_and_add_up(
         await publish(broker.host, broker.port, messages, qos=1)
         await eventually(
             lambda: (
-                gateway.metrics.messages_received._value.get() == len(messages)
-                and gateway.metrics.in_flight._value.get() == 0
+                gateway.metrics.sample("gateway_messages_received_total") == len(messages)
+                and gateway.metrics.sample("gateway_readings_in_flight") == 0
             ),
             message="all settled",
         )

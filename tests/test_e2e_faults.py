@@ -23,7 +23,7 @@ import pytest_asyncio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
-from gateway.sinks.files import hour_partition
+from gateway.sinks.lines import hour_partition
 from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
 from tests.support.poll import eventually
@@ -174,9 +174,9 @@ class Stream:
 
 @pytest_asyncio.fixture
 async def gateway_process(
-    broker: Broker, tmp_path: Path, unique: str
+    broker: Broker, tmp_path: Path, unique: str, protocol: str
 ) -> AsyncIterator[GatewayProcess]:
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess(broker, tmp_path, unique, protocol)
     try:
         yield gw
     finally:
@@ -239,9 +239,9 @@ async def test_a_gateway_killed_mid_stream_loses_nothing_once_restarted(
 
 
 async def test_a_broker_restart_mid_stream_loses_nothing_and_the_gateway_reconnects(
-    own_broker: Broker, tmp_path: Path, unique: str
+    own_broker: Broker, tmp_path: Path, unique: str, protocol: str
 ) -> None:
-    config = make_config(own_broker, tmp_path, unique)
+    config = make_config(own_broker, tmp_path, unique, mqtt={"protocol": protocol})
     data_dir = config.files.data_dir
     before = readings(unique, devices=50, seqs=range(20))  # 1,000
     during = readings(unique, devices=50, seqs=range(20, 80))  # 3,000 over ~3 s
@@ -340,9 +340,9 @@ def this_hour() -> float:
 
 
 async def test_a_write_failure_acks_nothing_fails_readyz_and_recovers_exactly_once(
-    broker: Broker, tmp_path: Path, unique: str
+    broker: Broker, tmp_path: Path, unique: str, protocol: str
 ) -> None:
-    config = make_config(broker, tmp_path, unique)
+    config = make_config(broker, tmp_path, unique, mqtt={"protocol": protocol})
     ts = this_hour()
     blocker = block_partition(config.files.data_dir, ts)
     messages = readings(unique, devices=100, seqs=range(5), ts=ts)  # 500
@@ -387,9 +387,10 @@ async def test_a_write_failure_acks_nothing_fails_readyz_and_recovers_exactly_on
 
 
 async def test_acks_wait_for_the_disk_so_a_stop_while_writes_fail_loses_nothing(
-    own_broker: Broker, tmp_path: Path, unique: str
+    own_broker: Broker, tmp_path: Path, unique: str, protocol: str
 ) -> None:
-    config = make_config(own_broker, tmp_path, unique).model_copy(update={"shutdown_grace_s": 2})
+    config = make_config(own_broker, tmp_path, unique, mqtt={"protocol": protocol})
+    config = config.model_copy(update={"shutdown_grace_s": 2})
     ts = this_hour()
     blocker = block_partition(config.files.data_dir, ts)
     messages = readings(unique, devices=100, seqs=range(5), ts=ts)  # 500

@@ -58,7 +58,10 @@ async def test_every_fault_kind_reaches_the_dead_letter_files_with_its_reason(
         sent = read_header(manifest).messages_sent
         m = gateway.metrics
         await eventually(
-            lambda: m.messages_received._value.get() >= sent and m.in_flight._value.get() == 0,
+            lambda: (
+                m.sample("gateway_messages_received_total") >= sent
+                and m.sample("gateway_readings_in_flight") == 0
+            ),
             timeout_s=60,
             message=f"all {sent} messages settled",
         )

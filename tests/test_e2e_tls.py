@@ -90,7 +90,7 @@ def tls_broker(tmp_path: Path, pki: Pki) -> Iterator[Broker]:
 
 
 async def test_mutual_tls_with_verification_stores_readings(
-    tls_broker: Broker, pki: Pki, tmp_path: Path, unique: str
+    tls_broker: Broker, pki: Pki, tmp_path: Path, unique: str, protocol: str
 ) -> None:
     tls = {
         "enabled": True,
@@ -98,7 +98,7 @@ async def test_mutual_tls_with_verification_stores_readings(
         "cert_file": pki.client_cert,
         "key_file": pki.client_key,
     }
-    config = make_config(tls_broker, tmp_path, unique, mqtt={"tls": tls})
+    config = make_config(tls_broker, tmp_path, unique, mqtt={"tls": tls, "protocol": protocol})
     assert config.mqtt.tls.verify, "verification is on by default"
     async with running(Gateway(config)) as gateway:
         # A test publisher with its own certificate from the same CA.
@@ -116,12 +116,17 @@ async def test_mutual_tls_with_verification_stores_readings(
             info.wait_for_publish(timeout=30)
         pub.disconnect()
         pub.loop_stop()
-        await eventually(lambda: gateway.metrics.readings_written._value.get() == 20)
+        await eventually(lambda: gateway.metrics.sample("gateway_readings_written_total") == 20)
     assert len(read_lines(config.files.data_dir)) == 20
 
 
 async def test_a_broker_certificate_from_another_ca_is_refused(
-    tls_broker: Broker, pki: Pki, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+    tls_broker: Broker,
+    pki: Pki,
+    tmp_path: Path,
+    unique: str,
+    protocol: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     tls = {
         "enabled": True,
@@ -129,8 +134,37 @@ async def test_a_broker_certificate_from_another_ca_is_refused(
         "cert_file": pki.client_cert,
         "key_file": pki.client_key,
     }
-    config = make_config(tls_broker, tmp_path, unique, mqtt={"tls": tls})
+    config = make_config(tls_broker, tmp_path, unique, mqtt={"tls": tls, "protocol": protocol})
     async with running(Gateway(config), connected=False) as gateway:
-        await eventually(lambda: gateway.metrics.mqtt_reconnects._value.get() >= 1)
+        await eventually(lambda: gateway.metrics.sample("gateway_mqtt_reconnects_total") >= 1)
         assert not gateway.checks()["broker_connected"]
-    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text or "certificate verify failed" in caplog.text
+        failures = gateway.metrics.sample(
+            "gateway_mqtt_connection_failures_total", reason="tls_error"
+        )
+        assert failures >= 1
+    assert "the broker's certificate: self-signed certificate in certificate chain" in caplog.text
+
+
+async def test_tls_to_a_plaintext_port_is_named_as_such(
+    broker: Broker, pki: Pki, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    tls = {"enabled": True, "ca_file": pki.ca}
+    config = make_config(broker, tmp_path, unique, mqtt={"tls": tls})
+    async with running(Gateway(config), connected=False) as gateway:
+        await eventually(
+            lambda: (
+                gateway.metrics.sample("gateway_mqtt_connection_failures_total", reason="tls_error")
+                >= 1
+            )
+        )
+    assert "is this port TLS (mqtts://)?" in caplog.text
+
+
+async def test_plaintext_to_a_tls_port_is_named_as_such(
+    tls_broker: Broker, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = make_config(tls_broker, tmp_path, unique)
+    async with running(Gateway(config), connected=False) as gateway:
+        await eventually(lambda: gateway.metrics.sample("gateway_mqtt_reconnects_total") >= 1)
+        assert not gateway.checks()["broker_connected"]
+    assert "a TLS port spoken to without TLS" in caplog.text

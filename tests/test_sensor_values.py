@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gateway import Gateway
 from gateway.config import SensorValuesConfig
-from gateway.model import Envelope, Reading
+from gateway.model import Reading
 from gateway.sensor_values import MAX_LABEL_VALUE_LENGTH, SensorValues
 from tests.support.broker import Broker
 from tests.support.gateway import make_config, reading_payload, running, topic
@@ -22,7 +22,7 @@ def _series(samples: Samples) -> dict[tuple[tuple[str, str], ...], float]:
 
 
 def _written(gateway: Gateway, count: int) -> bool:
-    return gateway.metrics.readings_written._value.get() >= count
+    return gateway.metrics.sample("gateway_readings_written_total") >= count
 
 
 # -- against the session broker, scraped over HTTP ------------------------------------------------
@@ -158,9 +158,9 @@ class _Clock:
         return self.now
 
 
-def _batch(*readings: tuple[str, dict[str, float], dict[str, str]]) -> list[Envelope[Reading]]:
+def _batch(*readings: tuple[str, dict[str, float], dict[str, str]]) -> list[Reading]:
     return [
-        Envelope(Reading(device, 0.0, 0.0, dict(metrics), tags=dict(tags)), "t", b"")
+        Reading(device, 0.0, 0.0, dict(metrics), tags=dict(tags))
         for device, metrics, tags in readings
     ]
 

@@ -64,11 +64,11 @@ def gateway_verdict(fmt: str, message: Message, template: str = "") -> str | Non
     template = template or (DEFAULT_BARE_TEMPLATE if fmt == "bare" else DEFAULT_TEMPLATE)
     decode, check_range = gateway_steps(fmt, template)
     try:
-        for reading in decode(message.topic, message.payload, START_MS / 1000):  # type: ignore[operator]
-            check_range(reading)  # type: ignore[operator]
+        readings = decode(message.topic, message.payload, START_MS / 1000)  # type: ignore[operator]
     except DecodeError as exc:
         return exc.reason
-    return None
+    verdict = check_range(readings)  # type: ignore[operator]
+    return verdict.rejected[0][1] if verdict.rejected else None
 
 
 # --- determinism -----------------------------------------------------------------------------

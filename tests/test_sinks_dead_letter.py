@@ -14,11 +14,21 @@ import pytest
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
 from gateway.metrics import GatewayMetrics
-from gateway.model import Envelope, Rejection
+from gateway.model import Rejection
 from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
 from tests.support.poll import eventually
-from tests.support.sinks import Acks, files, fresh_metrics, lines_of, records, running, sample
+from tests.support.readings import dead_letter_line_of, expected_dead_letter
+from tests.support.sinks import (
+    Acks,
+    files,
+    fresh_metrics,
+    lines_of,
+    put_all,
+    records,
+    running,
+    sample,
+)
 
 CLIENT = "gw-test"
 T0 = datetime(2026, 11, 25, 23, 59, 59, tzinfo=UTC).timestamp()
@@ -50,8 +60,8 @@ def make_sink(
 
 async def store(sink: DeadLetterSink, acks: Acks[Rejection], items: list[Rejection]) -> None:
     await sink.recover()
-    channel: Channel[Envelope[Rejection]] = Channel(10_000)
-    await channel.put_many(acks.envelopes(items))
+    channel: Channel[Rejection] = Channel(10_000)
+    await put_all(channel, acks.envelopes(items))
     channel.close()
     await sink.run(channel)
 
@@ -75,7 +85,7 @@ async def test_rejections_are_stored_by_day_then_acked_and_counted_by_reason(
     assert all(seen_at_ack)
     by_day = {p.parent.name: lines_of(p) for p in files(root, "*.jsonl")}
     assert sorted(by_day) == ["date=2026-11-25", "date=2026-11-26"]
-    assert by_day["date=2026-11-25"] == [r.to_record(1024) for r in items[:5]]
+    assert by_day["date=2026-11-25"] == [expected_dead_letter(r, 1024) for r in items[:5]]
     assert by_day["date=2026-11-25"][0] == {
         "received_at": "2026-11-25T23:59:59.000Z",
         "topic": "sensors/lab/dev-0/telemetry",
@@ -124,7 +134,7 @@ async def test_each_sink_recovers_only_its_own_tree(tmp_path: Path) -> None:
     sink, metrics, root = make_sink(tmp_path)
     part = root / DAY
     part.mkdir(parents=True)
-    line = rejection(1).to_json_bytes(1024).decode()
+    line = dead_letter_line_of(rejection(1), 1024).decode()
     left_open = part / f"{CLIENT}-00000003.jsonl.open"
     left_open.write_text(line + '{"received_at":"2026')
 
@@ -150,8 +160,8 @@ async def test_unwritable_dead_letter_dir_is_retried_then_written_once(
     root.write_text("a file where the dead-letter directory goes\n")
     await sink.recover()
     acks: Acks[Rejection] = Acks()
-    channel: Channel[Envelope[Rejection]] = Channel(100)
-    await channel.put_many(acks.envelopes([rejection(n) for n in range(3)]))
+    channel: Channel[Rejection] = Channel(100)
+    await put_all(channel, acks.envelopes([rejection(n) for n in range(3)]))
 
     async with running(sink.run, channel):
 

@@ -21,10 +21,20 @@ import pytest
 from gateway.channel import Channel
 from gateway.config import FilesConfig
 from gateway.metrics import GatewayMetrics
-from gateway.model import Envelope, Reading
+from gateway.model import Reading
 from gateway.sinks.files import FileSink
 from tests.support.poll import eventually
-from tests.support.sinks import Acks, files, fresh_metrics, lines_of, records, running, sample
+from tests.support.readings import expected_record, line_of
+from tests.support.sinks import (
+    Acks,
+    files,
+    fresh_metrics,
+    lines_of,
+    put_all,
+    records,
+    running,
+    sample,
+)
 
 CLIENT = "gw-test"
 # 2026-11-25T11:00:00Z: a fixed hour, so partitions are known in advance.
@@ -59,9 +69,9 @@ def make_sink(
     return FileSink(config, client_id, metrics), metrics, config
 
 
-async def filled(acks: Acks[Reading], readings: list[Reading]) -> Channel[Envelope[Reading]]:
-    channel: Channel[Envelope[Reading]] = Channel(100_000)
-    await channel.put_many(acks.envelopes(readings))
+async def filled(acks: Acks[Reading], readings: list[Reading]) -> Channel[Reading]:
+    channel: Channel[Reading] = Channel(100_000)
+    await put_all(channel, acks.envelopes(readings))
     return channel
 
 
@@ -92,7 +102,7 @@ async def test_group_commit_acks_each_reading_only_once_its_line_is_on_disk(tmp_
 
     assert acks.count == 50
     assert all(seen_at_ack)
-    assert records(data_dir) == [r.to_record() for r in readings]
+    assert records(data_dir) == [expected_record(r) for r in readings]
     assert sample(metrics, "gateway_readings_written_total") == 50
     assert sample(metrics, "gateway_readings_in_flight") == 0
     assert sample(metrics, "gateway_end_to_end_latency_seconds_count") == 50
@@ -148,7 +158,7 @@ async def test_open_segment_is_hidden_from_readers_until_sealed_by_age(tmp_path:
     sink, _, _ = make_sink(tmp_path, rotate_age_s=1.5)
     await sink.recover()
     data_dir = tmp_path / "data"
-    channel: Channel[Envelope[Reading]] = Channel(100)
+    channel: Channel[Reading] = Channel(100)
     async with running(sink.run, channel):
         await channel.put(acks.envelope(reading(0)))
         await eventually(lambda: acks.count == 1, timeout_s=5)
@@ -172,7 +182,7 @@ async def test_least_recently_written_segment_is_sealed_beyond_max_open(tmp_path
     sink, _, _ = make_sink(tmp_path, max_open_segments=2)
     await sink.recover()
     data_dir = tmp_path / "data"
-    channel: Channel[Envelope[Reading]] = Channel(100)
+    channel: Channel[Reading] = Channel(100)
     async with running(sink.run, channel):
         for hour in range(3):
             await channel.put(acks.envelope(reading(hour, ts=T0 + hour * 3600)))
@@ -205,7 +215,7 @@ async def test_gzip_replaces_sealed_segments_with_complete_gz_files(tmp_path: Pa
     got = [
         json.loads(line) for p in packed for line in gzip.decompress(p.read_bytes()).splitlines()
     ]
-    assert got == [r.to_record() for r in readings]
+    assert got == [expected_record(r) for r in readings]
 
 
 async def test_recovery_cuts_our_torn_line_seals_and_leaves_other_gateways_alone(
@@ -213,7 +223,7 @@ async def test_recovery_cuts_our_torn_line_seals_and_leaves_other_gateways_alone
 ) -> None:
     part = tmp_path / "data" / HOUR_11
     part.mkdir(parents=True)
-    whole = b"".join(reading(i).to_json_bytes() for i in range(2))
+    whole = b"".join(line_of(reading(i)) for i in range(2))
     ours = part / f"{CLIENT}-00000005.jsonl.open"
     ours.write_bytes(whole + b'{"device_id":"dev-1","ts":"2026-')
     theirs = part / "gw-other-00000007.jsonl.open"
@@ -243,7 +253,7 @@ async def test_recovery_finishes_a_gzip_the_crash_interrupted(tmp_path: Path) ->
     """A complete .gz beside its .jsonl wins; an unfinished one is done again."""
     part = tmp_path / "data" / HOUR_11
     part.mkdir(parents=True)
-    line = reading(0).to_json_bytes().decode()
+    line = line_of(reading(0)).decode()
     (part / f"{CLIENT}-00000002.jsonl").write_text(line)
     (part / f"{CLIENT}-00000002.jsonl.gz").write_bytes(gzip.compress(line.encode()))
     (part / f"{CLIENT}-00000003.jsonl").write_text(line)
@@ -315,10 +325,10 @@ async def test_fsync_interval_holds_acks_until_the_next_fsync(
     sink, _, _ = make_sink(tmp_path, fsync="interval", fsync_interval_s=interval_s)
     await sink.recover()
     data_dir = tmp_path / "data"
-    channel: Channel[Envelope[Reading]] = Channel(100)
+    channel: Channel[Reading] = Channel(100)
     async with running(sink.run, channel):
         put_at = time.monotonic()
-        await channel.put_many(acks.envelopes([reading(0), reading(1)]))
+        await put_all(channel, acks.envelopes([reading(0), reading(1)]))
         await eventually(lambda: on_disk_seqs(data_dir) == [0, 1], timeout_s=5)
         assert acks.count == 0  # written, not yet fsynced: not acked
         await eventually(lambda: acks.count == 2, timeout_s=5)
@@ -437,14 +447,14 @@ async def test_disk_full_is_retried_and_leaves_no_torn_or_duplicate_line(
     sink = FileSink(config, CLIENT, metrics)
     await sink.recover()
     acks: Acks[Reading] = Acks()
-    channel: Channel[Envelope[Reading]] = Channel(10_000)
+    channel: Channel[Reading] = Channel(10_000)
     async with running(sink.run, channel):
         await channel.put(acks.envelope(reading(0)))
         await eventually(lambda: acks.count == 1, timeout_s=5)
         # A few pages free, a batch of ~60 KB: the write gets part-way, then ENOSPC.
         filler = fill(tiny_disk, leave_bytes=16 * 1024)
         batch = [reading(i) for i in range(1, 401)]
-        await channel.put_many(acks.envelopes(batch))
+        await put_all(channel, acks.envelopes(batch))
 
         def no_space() -> float:
             return sample(metrics, "gateway_write_errors_total", sink="files", reason="no_space")

@@ -43,8 +43,8 @@ async def busy_gateway(broker: Broker, tmp_path: Path, unique: str) -> AsyncIter
         m = gateway.metrics
         await eventually(
             lambda: (
-                m.readings_written._value.get() == 60
-                and m.rejected["invalid_json"]._value.get() == 1
+                m.sample("gateway_readings_written_total") == 60
+                and m.sample("gateway_readings_rejected_total", reason="invalid_json") == 1
             ),
             message="stored and rejected",
         )

@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
 from gateway.config import CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep, StepConfig
-from gateway.errors import DROP_REASONS, REJECT_REASONS, RejectedError
+from gateway.errors import DROP_REASONS, REJECT_REASONS
 from gateway.model import Reading
-from gateway.transforms import CheckRange, ConvertUnits, DropDuplicates, build_transform
+from gateway.transforms import CheckRange, ConvertUnits, DropDuplicates, Verdict, build_transform
 
 NOW = 1_795_604_400.0
 STEP = TypeAdapter(StepConfig)
@@ -33,6 +33,27 @@ def reading(
         seq=seq,
         units=units or {},
     )
+
+
+class Rejected(Exception):
+    """What `one` raises for a reading the step rejected."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def one(step: Any, r: Reading) -> Reading | None:
+    """Run a batch step over one reading: the reading kept, None when dropped, or Rejected."""
+    verdict = step([r])
+    assert isinstance(verdict, Verdict)
+    assert len(verdict.kept) + len(verdict.rejected) + verdict.dropped == 1, "each reading once"
+    if verdict.rejected:
+        [(rejected, reason, detail)] = verdict.rejected
+        assert rejected is r
+        raise Rejected(reason, detail)
+    return verdict.kept[0] if verdict.kept else None
 
 
 def check_range(**fields: Any) -> CheckRange:
@@ -70,19 +91,19 @@ def test_build_transform_makes_the_verb_its_step_names(step: dict[str, Any], kin
 
 def test_a_value_inside_the_range_passes_unchanged() -> None:
     r = reading({"temperature": 21.5})
-    assert check_range(min=-40, max=85)(r) is r
+    assert one(check_range(min=-40, max=85), r) is r
     assert r.flags == []
 
 
 @pytest.mark.parametrize("value", [-40.0, 85.0])
 def test_the_bounds_themselves_are_inside_the_range(value: float) -> None:
-    assert check_range(min=-40, max=85)(reading({"temperature": value})).flags == []
+    assert one(check_range(min=-40, max=85), reading({"temperature": value})).flags == []
 
 
 @pytest.mark.parametrize("value", [-40.5, 85.5, -1e300, 1e300])
 def test_reject_raises_out_of_range_for_a_value_outside(value: float) -> None:
-    with pytest.raises(RejectedError) as caught:
-        check_range(min=-40, max=85, action="reject")(reading({"temperature": value}))
+    with pytest.raises(Rejected) as caught:
+        one(check_range(min=-40, max=85, action="reject"), reading({"temperature": value}))
     assert caught.value.reason == "out_of_range"
     assert caught.value.reason in REJECT_REASONS
     assert "temperature" in caught.value.detail
@@ -91,22 +112,22 @@ def test_reject_raises_out_of_range_for_a_value_outside(value: float) -> None:
 def test_flag_keeps_the_reading_and_marks_it_once() -> None:
     step = check_range(max=85, action="flag")
     r = reading({"temperature": 90.0, "humidity": 40.0})
-    assert step(r) is r
-    assert step(r) is r
+    assert one(step, r) is r
+    assert one(step, r) is r
     assert r.flags == ["temperature:out_of_range"]
     assert r.metrics == {"temperature": 90.0, "humidity": 40.0}
 
 
 def test_a_reading_without_the_metric_passes() -> None:
     r = reading({"humidity": 400.0})
-    assert check_range(min=0, max=100)(r) is r
+    assert one(check_range(min=0, max=100), r) is r
 
 
 def test_an_open_bound_is_unlimited() -> None:
-    assert check_range(min=0)(reading({"temperature": 1e300})).flags == []
-    assert check_range(max=0)(reading({"temperature": -1e300})).flags == []
-    with pytest.raises(RejectedError):
-        check_range(min=0)(reading({"temperature": -0.1}))
+    assert one(check_range(min=0), reading({"temperature": 1e300})).flags == []
+    assert one(check_range(max=0), reading({"temperature": -1e300})).flags == []
+    with pytest.raises(Rejected):
+        one(check_range(min=0), reading({"temperature": -0.1}))
 
 
 def test_a_range_with_no_bounds_or_min_above_max_is_refused_at_build_time() -> None:
@@ -128,8 +149,8 @@ def dedupe(window: int = 1024, max_devices: int = 100_000) -> DropDuplicates:
 def test_a_repeated_device_and_seq_is_dropped() -> None:
     step = dedupe()
     first = reading(seq=7)
-    assert step(first) is first
-    assert step(reading(seq=7)) is None
+    assert one(step, first) is first
+    assert one(step, reading(seq=7)) is None
 
 
 def test_the_drop_is_counted_as_a_duplicate() -> None:
@@ -139,35 +160,35 @@ def test_the_drop_is_counted_as_a_duplicate() -> None:
 
 def test_the_same_seq_from_another_device_passes() -> None:
     step = dedupe()
-    assert step(reading(seq=7, device_id="a")) is not None
-    assert step(reading(seq=7, device_id="b")) is not None
+    assert one(step, reading(seq=7, device_id="a")) is not None
+    assert one(step, reading(seq=7, device_id="b")) is not None
 
 
 def test_readings_without_seq_always_pass() -> None:
     step = dedupe()
-    assert step(reading()) is not None
-    assert step(reading()) is not None
+    assert one(step, reading()) is not None
+    assert one(step, reading()) is not None
     assert len(step) == 0, "nothing to remember without a seq"
 
 
 def test_only_the_last_window_seq_numbers_are_remembered() -> None:
     step = dedupe(window=2)
     for seq in (1, 2, 3):
-        assert step(reading(seq=seq)) is not None
-    assert step(reading(seq=3)) is None
-    assert step(reading(seq=2)) is None
-    assert step(reading(seq=1)) is not None, "1 fell out of the window of 2"
+        assert one(step, reading(seq=seq)) is not None
+    assert one(step, reading(seq=3)) is None
+    assert one(step, reading(seq=2)) is None
+    assert one(step, reading(seq=1)) is not None, "1 fell out of the window of 2"
 
 
 def test_the_least_recently_seen_device_is_forgotten_first() -> None:
     step = dedupe(max_devices=2)
-    step(reading(seq=1, device_id="a"))
-    step(reading(seq=1, device_id="b"))
-    step(reading(seq=2, device_id="a"))  # a is now more recent than b
-    step(reading(seq=1, device_id="c"))  # evicts b
+    one(step, reading(seq=1, device_id="a"))
+    one(step, reading(seq=1, device_id="b"))
+    one(step, reading(seq=2, device_id="a"))  # a is now more recent than b
+    one(step, reading(seq=1, device_id="c"))  # evicts b
     assert len(step) == 2
-    assert step(reading(seq=1, device_id="a")) is None
-    assert step(reading(seq=1, device_id="b")) is not None, "b was forgotten"
+    assert one(step, reading(seq=1, device_id="a")) is None
+    assert one(step, reading(seq=1, device_id="b")) is not None, "b was forgotten"
 
 
 @given(
@@ -188,7 +209,7 @@ def test_drop_duplicates_matches_a_plain_model_and_stays_bounded(
         model[device] = recent
         while len(model) > max_devices:
             del model[next(iter(model))]
-        assert (step(reading(seq=seq, device_id=device)) is None) == duplicate
+        assert (one(step, reading(seq=seq, device_id=device)) is None) == duplicate
         assert len(step) == len(model) <= max_devices
 
 
@@ -216,7 +237,7 @@ def test_a_value_is_converted_and_its_unit_recorded(
     from_unit: str, to_unit: str, value: float, expected: float
 ) -> None:
     r = reading({"temperature": value, "other": value})
-    assert convert(from_unit, to_unit)(r) is r
+    assert one(convert(from_unit, to_unit), r) is r
     assert r.metrics["temperature"] == pytest.approx(expected, abs=1e-9)
     assert r.units == {"temperature": to_unit}
     assert r.metrics["other"] == value, "only the configured metric changes"
@@ -225,13 +246,13 @@ def test_a_value_is_converted_and_its_unit_recorded(
 def test_a_reading_already_in_from_unit_or_its_alias_is_converted() -> None:
     for unit in ("degC", "Cel"):
         r = reading({"temperature": 100.0}, units={"temperature": unit})
-        convert("degC", "degF")(r)
+        one(convert("degC", "degF"), r)
         assert (r.metrics["temperature"], r.units["temperature"]) == (pytest.approx(212.0), "degF")
 
 
 def test_a_reading_in_another_unit_is_left_alone() -> None:
     r = reading({"temperature": 300.0}, units={"temperature": "K"})
-    convert("degF", "degC")(r)
+    one(convert("degF", "degC"), r)
     assert r.metrics == {"temperature": 300.0}
     assert r.units == {"temperature": "K"}
 
@@ -239,19 +260,19 @@ def test_a_reading_in_another_unit_is_left_alone() -> None:
 def test_converting_twice_does_not_convert_again() -> None:
     step = convert("degF", "degC")
     r = reading({"temperature": 212.0})
-    step(step(r))
+    one(step, one(step, r))  # type: ignore[arg-type]
     assert r.metrics["temperature"] == pytest.approx(100.0)
 
 
 def test_a_reading_without_the_metric_passes_unchanged() -> None:
     r = reading({"humidity": 40.0})
-    assert convert("degF", "degC")(r) is r
+    assert one(convert("degF", "degC"), r) is r
     assert r.units == {}
 
 
 def test_a_result_too_large_for_a_float_is_rejected() -> None:
-    with pytest.raises(RejectedError) as caught:
-        convert("kPa", "Pa")(reading({"temperature": 1.7e308}))
+    with pytest.raises(Rejected) as caught:
+        one(convert("kPa", "Pa"), reading({"temperature": 1.7e308}))
     assert caught.value.reason == "invalid_value"
 
 
@@ -279,7 +300,30 @@ def test_converting_there_and_back_gives_the_value_back(
     value: float, pair: tuple[str, str]
 ) -> None:
     r = reading({"temperature": value})
-    convert(*pair)(r)
-    convert(pair[1], pair[0])(r)
+    one(convert(*pair), r)
+    one(convert(pair[1], pair[0]), r)
     assert r.metrics["temperature"] == pytest.approx(value, rel=1e-9, abs=1e-9)
     assert r.units["temperature"] == pair[0]
+
+
+# --- batches ---
+
+
+def test_a_batch_keeps_its_order_and_each_reading_lands_in_exactly_one_outcome() -> None:
+    values = [20.0, 99.0, 21.0, -99.0, 22.0]
+    batch = [reading({"temperature": v}, seq=n) for n, v in enumerate(values)]
+    verdict = check_range(min=-40, max=85)(batch)
+    assert [r.seq for r in verdict.kept] == [0, 2, 4]
+    assert [(r.seq, reason) for r, reason, _ in verdict.rejected] == [
+        (1, "out_of_range"),
+        (3, "out_of_range"),
+    ]
+    assert verdict.dropped == 0
+
+
+def test_duplicates_within_one_batch_are_dropped_and_counted() -> None:
+    batch = [reading(seq=seq) for seq in (1, 2, 1, 3, 2)]
+    verdict = dedupe()(batch)
+    assert [r.seq for r in verdict.kept] == [1, 2, 3]
+    assert verdict.dropped == 2
+    assert verdict.rejected == []

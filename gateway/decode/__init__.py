@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
 from gateway.config import LimitsConfig, SubscriptionConfig
@@ -12,7 +12,7 @@ from gateway.decode.json_reading import JsonReadingDecoder
 from gateway.decode.senml import SenmlDecoder
 from gateway.errors import DecodeError
 from gateway.model import Reading
-from gateway.topics import DEVICE_ID_FIELD, METRIC_FIELD, TopicTemplate
+from gateway.topics import DEVICE_ID_FIELD, METRIC_FIELD, TopicTemplate, filter_matches, unshared
 
 # (topic, payload, received_at) -> readings; raises DecodeError, never anything else.
 Decoder: TypeAlias = Callable[[str, bytes, float], list[Reading]]
@@ -25,10 +25,10 @@ FORMATS: dict[str, Callable[[LimitsConfig], FormatDecoder]] = {
     "bare": BareValueDecoder,
 }
 
-__all__ = ["FORMATS", "Decoder", "FormatDecoder", "make_decoder"]
+__all__ = ["FORMATS", "Decoder", "FormatDecoder", "SubscriptionDecoders", "make_decoder"]
 
-# Topics whose template match is remembered (a device sends on the same topic again and again);
-# past this many the memory is cleared and refilled, so it stays a few MB at most.
+# Topics whose template match (or subscription) is remembered (a device sends on the same topic
+# again and again); past this many the memory is cleared and refilled, so it stays a few MB.
 TOPIC_MEMORY = 16_384
 
 
@@ -61,6 +61,43 @@ def make_decoder(sub: SubscriptionConfig, limits: LimitsConfig) -> Decoder:
             check(reading)
             # Each reading owns its tags, so a later step may change one without the others.
             reading.tags = tags.copy()
+            reading.topic = topic
+            reading.payload = payload
         return readings
 
     return decode
+
+
+class SubscriptionDecoders:
+    """The decoder of the subscription a topic arrived on: the first whose filter matches.
+
+    Mosquitto delivers a message once even when several of our filters match it, so the first
+    configured one wins; a topic no filter matches (it should not happen) takes the first.
+    """
+
+    __slots__ = ("_by_topic", "_decoders", "_filters")
+
+    def __init__(self, subscriptions: Sequence[SubscriptionConfig], limits: LimitsConfig) -> None:
+        self._decoders = [make_decoder(sub, limits) for sub in subscriptions]
+        # Delivered topics never carry the `$share/<group>/` prefix.
+        self._filters = [unshared(sub.effective_filter) for sub in subscriptions]
+        self._by_topic: dict[str, Decoder] = {}
+
+    def __call__(self, topic: str) -> Decoder:
+        decoders = self._decoders
+        if len(decoders) == 1:
+            return decoders[0]
+        decoder = self._by_topic.get(topic)
+        if decoder is None:
+            decoder = next(
+                (
+                    d
+                    for f, d in zip(self._filters, decoders, strict=True)
+                    if filter_matches(f, topic)
+                ),
+                decoders[0],
+            )
+            if len(self._by_topic) >= TOPIC_MEMORY:
+                self._by_topic.clear()
+            self._by_topic[topic] = decoder
+        return decoder

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 
-from pydantic import ValidationError
+import msgspec
 
 from gateway.config import LimitsConfig
+from gateway.decode.timestamps import QUOTE
 from gateway.errors import DecodeError, RejectReason
 from gateway.model import Reading
 from gateway.topics import safe_name_pattern
@@ -17,14 +18,14 @@ METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
 UNIT_NAME = re.compile(r"[!-~]{1,32}")
 # Sequence numbers end up in 64-bit columns downstream.
 MAX_SEQ = 2**63 - 1
-# How much of a network string an error detail may quote.
-QUOTE = 64
 # Device ids, metric names and units found well-formed are remembered (they repeat with every
 # reading); past this many the memory is cleared and refilled.
 NAME_MEMORY = 16_384
 
 
 _ANY_SAFE_ID = safe_name_pattern(128)
+# NaN / Infinity / -Infinity as a JSON value (after a colon, a comma or an opening bracket).
+_NON_FINITE = re.compile(rb"[:,\[]\s*-?(?:NaN|Infinity)\s*[,}\]]")
 
 
 def resolve_device_id(payload_id: str | None, topic_id: str | None) -> str:
@@ -44,22 +45,24 @@ def resolve_device_id(payload_id: str | None, topic_id: str | None) -> str:
     return payload_id
 
 
-def error_from_validation(exc: ValidationError) -> DecodeError:
-    """Our reason for a pydantic error; the detail names where (truncated) and why."""
-    errors = exc.errors(include_url=False, include_context=False, include_input=False)
-    kinds = {err["type"] for err in errors}
+def error_from_msgspec(exc: msgspec.DecodeError, payload: bytes) -> DecodeError:
+    """Our reason for a msgspec error. Its message names the place in our schema (`$.metrics`)
+    and what was expected, never the payload's own text, so it may go into the detail."""
+    message = str(exc)
     reason: RejectReason
-    if "json_invalid" in kinds:
-        reason = "invalid_json"
-    elif "missing" in kinds:
+    if not isinstance(exc, msgspec.ValidationError):
+        if _NON_FINITE.search(payload):
+            # Not JSON (RFC 8259 §6), but what Python's json.dumps and some firmware send for a
+            # broken sensor: a value problem, named as one.
+            return DecodeError("invalid_value", f"not a finite number (NaN or Infinity): {message}")
+        reason = "invalid_json"  # malformed JSON, or not UTF-8
+    elif message.startswith("Object missing required field"):
         reason = "missing_field"
-    elif "finite_number" in kinds:
+    elif message.startswith("Number out of range"):
         reason = "invalid_value"
     else:
         reason = "invalid_schema"
-    first = errors[0]
-    where = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    return DecodeError(reason, f"{where[:QUOTE]!r}: {first['msg'][:120]}")
+    return DecodeError(reason, message[:160])
 
 
 class ReadingCheck:
@@ -105,11 +108,13 @@ class ReadingCheck:
                 if METRIC_NAME.fullmatch(name) is None:
                     raise DecodeError("invalid_metric", f"metric name {name[:QUOTE]!r}")
                 _remember(good_names, name)
-            # Exactly float: decoders turn ints and bools into floats, so anything else is a bug
-            # we would rather reject than write.
+            # Exactly float: JSON booleans are stored as 1/0; anything else is a decoder bug we
+            # would rather reject than write.
             if value.__class__ is not float:
-                raise DecodeError("invalid_value", f"metric {name!r} is {type(value).__name__}")
-            if not isfinite(value):
+                if value.__class__ is not bool:
+                    raise DecodeError("invalid_value", f"metric {name!r} is {type(value).__name__}")
+                metrics[name] = 1.0 if value else 0.0  # same key: safe while iterating
+            elif not isfinite(value):
                 raise DecodeError("invalid_value", f"metric {name!r} = {value!r}")
         received_at = reading.received_at
         ts = reading.ts

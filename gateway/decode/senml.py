@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from typing import Any
 
-# pydantic needs typing_extensions.TypedDict on Python < 3.12; it is a dependency of pydantic.
-from typing_extensions import TypedDict
+import msgspec
+from msgspec import UNSET, UnsetType
 
 from gateway.config import LimitsConfig
-from gateway.decode.checks import QUOTE, error_from_validation, resolve_device_id
+from gateway.decode.checks import error_from_msgspec, resolve_device_id
+from gateway.decode.timestamps import QUOTE
 from gateway.errors import DecodeError
 from gateway.model import Reading
 
@@ -18,28 +19,28 @@ RELATIVE_TIME_BELOW = 2.0**28
 SENML_VERSION = 10
 
 
-# Extra keys are kept only so that must-understand ones (ending in "_", §4.4) can be refused.
-@with_config(ConfigDict(strict=True, allow_inf_nan=False, extra="allow"))
-class _Record(TypedDict, total=False):
-    bn: str
-    bt: float
-    bu: str
-    bv: float
-    bs: float
-    bver: int
-    n: str
-    u: str
-    v: float
-    vs: str
-    vb: bool
-    vd: str
-    s: float
-    t: float
-    ut: float
+class _Record(msgspec.Struct, gc=False):
+    """One SenML record (§4); a field not sent is UNSET. Unknown fields are ignored here and
+    looked at separately, because must-understand ones (ending in "_", §4.4) refuse the pack."""
+
+    bn: str | UnsetType = UNSET
+    bt: float | UnsetType = UNSET
+    bu: str | UnsetType = UNSET
+    bv: float | UnsetType = UNSET
+    bs: float | UnsetType = UNSET
+    bver: int | UnsetType = UNSET
+    n: str | UnsetType = UNSET
+    u: str | UnsetType = UNSET
+    v: float | UnsetType = UNSET
+    vs: str | UnsetType = UNSET
+    vb: bool | UnsetType = UNSET
+    vd: str | UnsetType = UNSET
+    s: float | UnsetType = UNSET
+    t: float | UnsetType = UNSET
+    ut: float | UnsetType = UNSET
 
 
-_PACK: TypeAdapter[list[_Record]] = TypeAdapter(list[_Record])
-_KNOWN = frozenset(_Record.__annotations__)
+_KNOWN = frozenset(_Record.__struct_fields__)
 
 
 def device_id_from_base_name(base_name: str) -> str:
@@ -56,18 +57,24 @@ class SenmlDecoder:
     String and data values (vs, vd) and sums (s) have no place in a Reading and are refused.
     """
 
-    __slots__ = ("_max_readings",)
+    __slots__ = ("_decode", "_decode_any", "_max_readings")
 
     def __init__(self, limits: LimitsConfig) -> None:
         self._max_readings = limits.max_readings_per_message
+        self._decode = msgspec.json.Decoder(list[_Record]).decode
+        self._decode_any = msgspec.json.Decoder(list[dict[str, Any]]).decode
 
     def __call__(
         self, payload: bytes, device_id: str | None, metric: str | None, received_at: float
     ) -> list[Reading]:
         try:
-            records = _PACK.validate_json(payload)
-        except ValidationError as exc:
-            raise error_from_validation(exc) from None
+            records = self._decode(payload)
+            # A label ending in "_" can only be in a payload holding `_"`: pay for a second look
+            # only then.
+            if b'_"' in payload:
+                _refuse_must_understand(self._decode_any(payload))
+        except msgspec.DecodeError as exc:
+            raise error_from_msgspec(exc, payload) from None
         readings: dict[tuple[str, float], Reading] = {}
         base_time = 0.0
         base_unit: str | None = None
@@ -75,36 +82,34 @@ class SenmlDecoder:
         # The topic's device, until a bn names one; like every base field it carries over (§4.6).
         record_device = device_id
         for index, record in enumerate(records):
-            if "bver" in record and record["bver"] > SENML_VERSION:
-                raise DecodeError("unsupported_value", f"[{index}] bver {record['bver']}")
-            if not _KNOWN.issuperset(record):
-                _refuse_must_understand(record, index)
-            if "bn" in record:
-                record_device = resolve_device_id(device_id_from_base_name(record["bn"]), device_id)
-            if "bt" in record:
-                base_time = record["bt"]
-            if "bu" in record:
-                base_unit = record["bu"]
-            if "bv" in record:
-                base_value = record["bv"]
-            if "v" in record:
-                if "vb" in record:
+            if record.bver is not UNSET and record.bver > SENML_VERSION:
+                raise DecodeError("unsupported_value", f"[{index}] bver {record.bver}")
+            if record.bn is not UNSET:
+                record_device = resolve_device_id(device_id_from_base_name(record.bn), device_id)
+            if record.bt is not UNSET:
+                base_time = record.bt
+            if record.bu is not UNSET:
+                base_unit = record.bu
+            if record.bv is not UNSET:
+                base_value = record.bv
+            if record.v is not UNSET:
+                if record.vb is not UNSET:
                     raise DecodeError("invalid_schema", f"[{index}] both v and vb")
-                value = base_value + record["v"]
-            elif "vb" in record:
-                value = 1.0 if record["vb"] else 0.0
-            elif "vs" in record or "vd" in record or "s" in record:
+                value = base_value + record.v
+            elif record.vb is not UNSET:
+                value = 1.0 if record.vb else 0.0
+            elif record.vs is not UNSET or record.vd is not UNSET or record.s is not UNSET:
                 raise DecodeError("unsupported_value", f"[{index}] string, data or sum value")
-            elif "n" not in record:
+            elif record.n is UNSET:
                 continue  # a record of base fields only
             else:
                 raise DecodeError("missing_field", f"[{index}] record without a value")
-            name = record.get("n")
-            if name is None:
+            name = record.n
+            if name is UNSET:
                 raise DecodeError("missing_field", f"[{index}] record without n")
             if record_device is None:
                 raise DecodeError("missing_field", "no device_id in the topic and no bn")
-            ts = base_time + record.get("t", 0.0)
+            ts = base_time + (0.0 if record.t is UNSET else record.t)
             if ts < RELATIVE_TIME_BELOW:
                 ts += received_at
             key = (record_device, ts)
@@ -114,14 +119,12 @@ class SenmlDecoder:
                     raise DecodeError(
                         "payload_too_large", f"more than {self._max_readings} readings in a pack"
                     )
-                reading = Reading(
-                    device_id=record_device, ts=ts, received_at=received_at, metrics={}
-                )
+                reading = Reading(record_device, ts, received_at, {})
                 readings[key] = reading
             elif name in reading.metrics:
                 raise DecodeError("invalid_schema", f"[{index}] {name[:QUOTE]!r} twice at one time")
             reading.metrics[name] = value
-            unit = record.get("u", base_unit)
+            unit = base_unit if record.u is UNSET else record.u
             if unit is not None:
                 reading.units[name] = unit
         if not readings:
@@ -129,10 +132,11 @@ class SenmlDecoder:
         return list(readings.values())
 
 
-def _refuse_must_understand(record: _Record, index: int) -> None:
+def _refuse_must_understand(records: list[dict[str, Any]]) -> None:
     """RFC 8428 §4.4: a field whose label ends in "_" must be understood or the pack refused."""
-    for label in record:
-        if label not in _KNOWN and label.endswith("_"):
-            raise DecodeError(
-                "unsupported_value", f"[{index}] must-understand field {label[:QUOTE]!r}"
-            )
+    for index, record in enumerate(records):
+        for label in record:
+            if label.endswith("_") and label not in _KNOWN:
+                raise DecodeError(
+                    "unsupported_value", f"[{index}] must-understand field {label[:QUOTE]!r}"
+                )

@@ -2,29 +2,21 @@
 
 from __future__ import annotations
 
-import functools
+import base64
 import logging
-from datetime import UTC, datetime
+
+import orjson
 
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
 from gateway.metrics import GatewayMetrics
-from gateway.model import Envelope, Rejection
-from gateway.sinks.segments import Lines, SegmentStore
+from gateway.model import Envelope, Rejection, make_ts_formatter
+from gateway.sinks.lines import day_partition
+from gateway.sinks.segments import Parts, SegmentStore
 
 logger = logging.getLogger(__name__)
 
 DEAD_LETTER_DIR = "dead-letter"
-
-
-@functools.lru_cache(maxsize=1024)
-def _day_partition(day: int) -> str:
-    return datetime.fromtimestamp(day * 86400, UTC).strftime("date=%Y-%m-%d")
-
-
-def day_partition(ts: float) -> str:
-    """`date=YYYY-MM-DD` (UTC) of an epoch time."""
-    return _day_partition(int(ts // 86400))
 
 
 class DeadLetterSink:
@@ -39,6 +31,7 @@ class DeadLetterSink:
     ) -> None:
         self._max_payload_bytes = config.max_payload_bytes
         self._metrics = metrics
+        self._format_ts = make_ts_formatter()
         self._unknown_reasons: set[str] = set()
         self._store = SegmentStore(
             files.data_dir / DEAD_LETTER_DIR,
@@ -58,29 +51,59 @@ class DeadLetterSink:
         """Seal segments a crash left open (call before run)."""
         await self._store.recover()
 
-    async def run(self, channel: Channel[Envelope[Rejection]]) -> None:
+    async def run(self, channel: Channel[Rejection]) -> None:
         """Store until the channel is drained, then seal every segment and return."""
         await self._store.run(channel, self._encode, self._settle)
 
-    def _encode(self, batch: list[Envelope[Rejection]]) -> Lines:
-        lines: Lines = {}
+    def _encode(self, batch: list[Envelope[Rejection]]) -> Parts:
+        lines: dict[str, list[bytes]] = {}
         for envelope in batch:
-            rejection = envelope.body
-            lines.setdefault(day_partition(rejection.received_at), []).append(
-                rejection.to_json_bytes(self._max_payload_bytes)
-            )
-        return lines
+            for rejection in envelope.body:
+                lines.setdefault(day_partition(rejection.received_at), []).append(
+                    self.encode(rejection)
+                )
+        return {key: b"".join(chunk) for key, chunk in lines.items()}
+
+    def encode(self, rejection: Rejection) -> bytes:
+        """The dead-letter line, newline included (UTF-8): README, Files."""
+        full_size = rejection.payload_bytes or len(rejection.payload)
+        body = rejection.payload[: self._max_payload_bytes]
+        record: dict[str, object] = {
+            "received_at": self._format_ts(rejection.received_at),
+            "topic": rejection.topic,
+            "reason": rejection.reason,
+            "detail": rejection.detail,
+        }
+        try:
+            record["payload"] = body.decode("utf-8")
+            record["payload_encoding"] = "utf-8"
+        except UnicodeDecodeError:
+            record["payload"] = base64.b64encode(body).decode("ascii")
+            record["payload_encoding"] = "base64"
+        if len(body) < full_size:
+            record["payload_truncated"] = True
+            record["payload_bytes"] = full_size
+        if rejection.payload_sha256 is not None:
+            record["payload_sha256"] = rejection.payload_sha256
+        # orjson: dead-letter records are dicts with optional keys, a few µs each at most.
+        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
 
     def _settle(self, batch: list[Envelope[Rejection]]) -> None:
         # Called only once the batch is durable (per the fsync policy).
+        rejected = self._metrics.rejected
+        total = 0
         for envelope in batch:
-            envelope.ack()
-            reason = envelope.body.reason
-            counter = self._metrics.rejected.get(reason)
-            if counter is not None:
-                counter.inc()
-            elif reason not in self._unknown_reasons:
-                # A reason outside RejectReason is a bug upstream; stored, but not a label.
-                self._unknown_reasons.add(reason)
-                logger.warning("dead letter: reason %r is not a known reject reason", reason[:64])
-        self._metrics.in_flight.dec(len(batch))
+            envelope.ack.release()
+            total += len(envelope.body)
+            for rejection in envelope.body:
+                reason = rejection.reason
+                counter = rejected.get(reason)
+                if counter is not None:
+                    counter.inc()
+                elif reason not in self._unknown_reasons:
+                    # A reason outside RejectReason is a bug upstream; stored, but not a label.
+                    self._unknown_reasons.add(reason)
+                    logger.warning(
+                        "dead letter: reason %r is not a known reject reason", reason[:64]
+                    )
+        self._metrics.in_flight.dec(total)

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from gateway.channel import Channel
 from gateway.config import FilesConfig
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Reading
-from gateway.sinks.segments import Lines, SegmentStore
-
-
-@functools.lru_cache(maxsize=4096)
-def _hour_partition(hour: int) -> str:
-    return datetime.fromtimestamp(hour * 3600, UTC).strftime("date=%Y-%m-%d/hour=%H")
-
-
-def hour_partition(ts: float) -> str:
-    """`date=YYYY-MM-DD/hour=HH` (UTC) of an epoch time: the Hive partition of a reading."""
-    return _hour_partition(int(ts // 3600))
+from gateway.sinks.lines import LineEncoder
+from gateway.sinks.segments import Parts, SegmentStore
 
 
 class FileSink:
@@ -32,11 +21,12 @@ class FileSink:
         config: FilesConfig,
         client_id: str,
         metrics: GatewayMetrics,
-        on_durable: Callable[[list[Envelope[Reading]]], None] | None = None,
+        on_durable: Callable[[list[Reading]], None] | None = None,
     ) -> None:
-        """`on_durable` sees each batch once it is durable and acked (app.py wires it)."""
+        """`on_durable` sees each batch's readings once durable and acked (app.py wires it)."""
         self._metrics = metrics
         self._on_durable = on_durable
+        self._encode_lines = LineEncoder()
         self._store = SegmentStore(
             config.data_dir,
             partition_glob="date=*/hour=*",
@@ -55,27 +45,26 @@ class FileSink:
         """Seal segments a crash left open (call before run)."""
         await self._store.recover()
 
-    async def run(self, channel: Channel[Envelope[Reading]]) -> None:
+    async def run(self, channel: Channel[Reading]) -> None:
         """Store until the channel is drained, then seal every segment and return."""
         await self._store.run(channel, self._encode, self._settle)
 
-    @staticmethod
-    def _encode(batch: list[Envelope[Reading]]) -> Lines:
-        lines: Lines = {}
-        for envelope in batch:
-            reading = envelope.body
-            lines.setdefault(hour_partition(reading.ts), []).append(reading.to_json_bytes())
-        return lines
+    def _encode(self, batch: list[Envelope[Reading]]) -> Parts:
+        if len(batch) == 1:
+            return self._encode_lines(batch[0].body)
+        return self._encode_lines([reading for envelope in batch for reading in envelope.body])
 
     def _settle(self, batch: list[Envelope[Reading]]) -> None:
         # Called only once the batch is durable (per the fsync policy): now a crash is harmless.
         now = time.time()
+        m = self._metrics
+        written = 0
         for envelope in batch:
-            envelope.ack()
-        self._metrics.end_to_end_latency.observe_many(
-            [max(0.0, now - envelope.body.ts) for envelope in batch]
-        )
-        self._metrics.readings_written.inc(len(batch))
-        self._metrics.in_flight.dec(len(batch))
-        if self._on_durable is not None:
-            self._on_durable(batch)
+            envelope.ack.release()
+            readings = envelope.body
+            written += len(readings)
+            m.end_to_end_latency.observe_many([now - r.ts for r in readings])
+            if self._on_durable is not None:
+                self._on_durable(readings)
+        m.readings_written.inc(written)
+        m.in_flight.dec(written)

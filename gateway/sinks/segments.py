@@ -19,8 +19,7 @@ from gateway.sinks.segment import Segment, segment_name
 from gateway.sinks.write_retry import SinkName, WriteRetry
 
 T = TypeVar("T")
-# Partition key (a relative directory such as `date=2026-11-25/hour=11`) -> lines to append.
-Lines = dict[str, list[bytes]]
+# Partition key (a relative directory such as `date=2026-11-25/hour=11`) -> the bytes to append.
 Parts = dict[str, bytes]
 # The longest the run loop sleeps: age rotation and interval fsync are checked at least this often.
 MAX_IDLE_S = 1.0
@@ -83,8 +82,8 @@ class SegmentStore:
 
     async def run(
         self,
-        channel: Channel[Envelope[T]],
-        encode: Callable[[list[Envelope[T]]], Lines],
+        channel: Channel[T],
+        encode: Callable[[list[Envelope[T]]], Parts],
         settle: Callable[[list[Envelope[T]]], None],
     ) -> None:
         """Group commit until the channel is drained, then seal every open segment."""
@@ -99,9 +98,8 @@ class SegmentStore:
             await self.tick()
         await self.close()
 
-    async def commit(self, lines: Lines, settle: Callable[[], None]) -> None:
+    async def commit(self, parts: Parts, settle: Callable[[], None]) -> None:
         """Write one batch (one write per partition), make it durable per policy, then settle."""
-        parts = {key: b"".join(chunk) for key, chunk in lines.items()}
         await self._make_room(parts.keys())
         started = time.perf_counter()
         await self._retry.run(lambda: self._write(parts))

@@ -1,21 +1,33 @@
-"""One verb per module: `Reading -> Reading | None`, built from its step config."""
+"""One verb per module, over a batch: readings in, readings kept plus rejections out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
 from gateway.config import CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep, StepConfig
+from gateway.errors import RejectReason
 from gateway.model import Reading
 from gateway.transforms.check_range import CheckRange
 from gateway.transforms.convert_units import ConvertUnits
 from gateway.transforms.drop_duplicates import DropDuplicates
+from gateway.transforms.verdict import Verdict
 
-# Returns the reading (possibly changed in place), None to drop it (acked, counted by the
-# transform's `drop_reason`), or raises RejectedError to dead-letter it.
-Transform: TypeAlias = Callable[[Reading], Reading | None]
+# A step takes a batch and says what became of each reading: kept (possibly changed in place),
+# rejected (dead-lettered with a reason), or dropped (acked, counted by the step's `drop_reason`,
+# "filtered" when it has none). It may return an awaitable Verdict; the Stage awaits it under the
+# batch's deadline.
+Transform: TypeAlias = Callable[[list[Reading]], Verdict | Awaitable[Verdict]]
 
-__all__ = ["CheckRange", "ConvertUnits", "DropDuplicates", "Transform", "build_transform"]
+__all__ = [
+    "CheckRange",
+    "ConvertUnits",
+    "DropDuplicates",
+    "RejectReason",
+    "Transform",
+    "Verdict",
+    "build_transform",
+]
 
 
 def build_transform(step: StepConfig) -> Transform:

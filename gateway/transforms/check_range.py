@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 
 from gateway.config import CheckRangeStep
-from gateway.errors import RejectedError
+from gateway.errors import RejectReason
 from gateway.model import Reading
+from gateway.transforms.verdict import Verdict
 
 
 class CheckRange:
     """Checks one metric against [min, max] (either bound may be open).
 
-    action "reject" raises RejectedError("out_of_range"); action "flag" keeps the reading and adds
+    action "reject" rejects the reading as "out_of_range"; action "flag" keeps it and adds
     `<metric>:out_of_range` to its flags. A reading without the metric passes untouched.
     """
 
@@ -30,15 +31,21 @@ class CheckRange:
         self._reject = step.action == "reject"
         self._flag = f"{step.metric}:out_of_range"
 
-    def __call__(self, reading: Reading) -> Reading:
-        value = reading.metrics.get(self._metric)
-        if value is None or self._low <= value <= self._high:
-            return reading
-        if self._reject:
-            raise RejectedError(
-                "out_of_range",
-                f"{self._metric} = {value!r} outside [{self._low}, {self._high}]",
-            )
-        if self._flag not in reading.flags:
-            reading.flags.append(self._flag)
-        return reading
+    def __call__(self, readings: list[Reading]) -> Verdict:
+        metric, low, high = self._metric, self._low, self._high
+        kept: list[Reading] = []
+        rejected: list[tuple[Reading, RejectReason, str]] = []
+        for reading in readings:
+            value = reading.metrics.get(metric)
+            if value is None or low <= value <= high:
+                kept.append(reading)
+            elif self._reject:
+                rejected.append(
+                    (reading, "out_of_range", f"{metric} = {value!r} outside [{low}, {high}]")
+                )
+            else:
+                if self._flag not in reading.flags:
+                    # A new list: the default one may be shared until a step writes it.
+                    reading.flags = [*reading.flags, self._flag]
+                kept.append(reading)
+        return Verdict(kept, rejected)

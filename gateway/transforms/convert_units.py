@@ -6,8 +6,9 @@ import math
 from typing import NamedTuple
 
 from gateway.config import ConvertUnitsStep
-from gateway.errors import RejectedError
+from gateway.errors import RejectReason
 from gateway.model import Reading
+from gateway.transforms.verdict import Verdict
 
 
 class _Unit(NamedTuple):
@@ -63,16 +64,21 @@ class ConvertUnits:
         self._scale = source.scale / target.scale
         self._offset = (source.offset - target.offset) / target.scale
 
-    def __call__(self, reading: Reading) -> Reading:
-        metric = self._metric
-        value = reading.metrics.get(metric)
-        if value is None or reading.units.get(metric, self._from_unit) not in self._accepted:
-            return reading
-        converted = value * self._scale + self._offset
-        if not math.isfinite(converted):  # 1e308 kPa -> Pa; the file sink refuses inf
-            raise RejectedError(
-                "invalid_value", f"{metric} = {value!r} {self._from_unit} overflows"
-            )
-        reading.metrics[metric] = converted
-        reading.units[metric] = self._to_unit
-        return reading
+    def __call__(self, readings: list[Reading]) -> Verdict:
+        metric, accepted, scale, offset = self._metric, self._accepted, self._scale, self._offset
+        kept: list[Reading] = []
+        rejected: list[tuple[Reading, RejectReason, str]] = []
+        for reading in readings:
+            value = reading.metrics.get(metric)
+            if value is None or reading.units.get(metric, self._from_unit) not in accepted:
+                kept.append(reading)
+                continue
+            converted = value * scale + offset
+            if not math.isfinite(converted):  # 1e308 kPa -> Pa; the file sink refuses inf
+                detail = f"{metric} = {value!r} {self._from_unit} overflows"
+                rejected.append((reading, "invalid_value", detail))
+                continue
+            reading.metrics[metric] = converted
+            reading.units[metric] = self._to_unit
+            kept.append(reading)
+        return Verdict(kept, rejected)

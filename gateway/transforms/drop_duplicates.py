@@ -6,6 +6,7 @@ from collections import OrderedDict, deque
 
 from gateway.config import DropDuplicatesStep
 from gateway.model import Reading
+from gateway.transforms.verdict import Verdict
 
 
 class _Recent:
@@ -19,7 +20,7 @@ class _Recent:
 
 
 class DropDuplicates:
-    """Returns None for a (device_id, seq) among the device's last `window` seq numbers.
+    """Drops a reading whose (device_id, seq) is among the device's last `window` seq numbers.
 
     Redelivery after a reconnect (at least once) is the usual source of duplicates. Memory is
     bounded: `window` seq numbers for each of at most `max_devices` devices, the least recently
@@ -36,10 +37,15 @@ class DropDuplicates:
         self._max_devices = step.max_devices
         self._devices: OrderedDict[str, _Recent] = OrderedDict()
 
-    def __call__(self, reading: Reading) -> Reading | None:
+    def __call__(self, readings: list[Reading]) -> Verdict:
+        kept = [reading for reading in readings if self.is_new(reading)]
+        return Verdict(kept, dropped=len(readings) - len(kept))
+
+    def is_new(self, reading: Reading) -> bool:
+        """False for a repeat (remembering the reading otherwise)."""
         seq = reading.seq
         if seq is None:
-            return reading
+            return True
         devices = self._devices
         recent = devices.get(reading.device_id)
         if recent is None:
@@ -50,13 +56,13 @@ class DropDuplicates:
         else:
             devices.move_to_end(reading.device_id)
             if seq in recent.seen:
-                return None
+                return False
         order = recent.order
         if len(order) == self._window:
             recent.seen.discard(order[0])  # the deque drops it on append
         order.append(seq)
         recent.seen.add(seq)
-        return reading
+        return True
 
     def __len__(self) -> int:
         """Devices remembered."""

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class GatewayProcess:
     """`python -m gateway run --config FILE`, its log in a file, polled over HTTP."""
 
-    def __init__(self, broker: Broker, tmp_path: Path, prefix: str) -> None:
+    def __init__(self, broker: Broker, tmp_path: Path, prefix: str, protocol: str = "auto") -> None:
         self.data_dir = tmp_path / "data"
         self.log_path = tmp_path / "gateway.log"
         self.config_path = tmp_path / "gateway.toml"
@@ -32,6 +32,7 @@ class GatewayProcess:
             f'host = "{broker.host}"\n'
             f"port = {broker.port}\n"
             f'client_id = "gw-{prefix}"\n'
+            f'protocol = "{protocol}"\n'
             "keepalive_s = 10\n"
             "reconnect_min_s = 0.1\n"
             "reconnect_max_s = 1.0\n"

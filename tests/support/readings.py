@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import math
 import re
 from collections.abc import Callable
+from typing import Any
 
 from gateway.config import LimitsConfig
 from gateway.errors import REJECT_REASONS, DecodeError
-from gateway.model import Reading
+from gateway.model import Reading, Rejection, format_ts
+from gateway.sinks.lines import LineEncoder
 
 # 2026-11-25T11:00:00Z, the day of the examples in the brief.
 NOW = 1_795_604_400.0
@@ -40,7 +44,61 @@ def assert_valid_readings(readings: object, limits: LimitsConfig, received_at: f
         assert all(type(unit) is str for unit in reading.units.values())
         assert "device_id" not in reading.tags
         assert "metric" not in reading.tags
-        assert reading.to_json_bytes().endswith(b"\n")  # the file sink can write it
+        [encoded] = LineEncoder()([reading]).values()  # the file sink can write it
+        assert encoded.endswith(b"\n")
+        assert json.loads(encoded) == expected_record(reading)
+
+
+def expected_record(reading: Reading) -> dict[str, Any]:
+    """The line a reading must become in a data file (README, Files), built independently of the
+    sink's encoder."""
+    record: dict[str, Any] = {
+        "device_id": reading.device_id,
+        "ts": format_ts(reading.ts),
+        "received_at": format_ts(reading.received_at),
+        "seq": reading.seq,
+        "metrics": reading.metrics,
+        "units": reading.units,
+        "tags": reading.tags,
+    }
+    if reading.flags:
+        record["flags"] = reading.flags
+    return record
+
+
+def line_of(reading: Reading) -> bytes:
+    """A data-file line for `reading`, for tests that write segment files themselves."""
+    return json.dumps(expected_record(reading), separators=(",", ":")).encode() + b"\n"
+
+
+def expected_dead_letter(rejection: Rejection, max_payload_bytes: int) -> dict[str, Any]:
+    """The dead-letter record a rejection must become (README, Files), built independently."""
+    body = rejection.payload[:max_payload_bytes]
+    record: dict[str, Any] = {
+        "received_at": format_ts(rejection.received_at),
+        "topic": rejection.topic,
+        "reason": rejection.reason,
+        "detail": rejection.detail,
+    }
+    try:
+        record["payload"] = body.decode()
+        record["payload_encoding"] = "utf-8"
+    except UnicodeDecodeError:
+        record["payload"] = base64.b64encode(body).decode()
+        record["payload_encoding"] = "base64"
+    full = rejection.payload_bytes or len(rejection.payload)
+    if len(body) < full:
+        record["payload_truncated"] = True
+        record["payload_bytes"] = full
+    if rejection.payload_sha256 is not None:
+        record["payload_sha256"] = rejection.payload_sha256
+    return record
+
+
+def dead_letter_line_of(rejection: Rejection, max_payload_bytes: int = 1024 * 1024) -> bytes:
+    """A dead-letter line, for tests that write dead-letter files themselves."""
+    record = expected_dead_letter(rejection, max_payload_bytes)
+    return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
 def decode_or_reason(

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from gateway.channel import Channel
 from gateway.metrics import GatewayMetrics
-from gateway.model import Envelope
+from gateway.model import Ack, Envelope
 
 T = TypeVar("T")
 
@@ -46,21 +46,28 @@ class Acks(Generic[T]):
         return lambda: len(self.acked) >= count
 
     def envelope(self, body: T) -> Envelope[T]:
-        def ack() -> None:
+        """One value in its own envelope, so each value's ack is seen on its own."""
+
+        def done() -> None:
             if self._on_ack is not None:
                 self._on_ack(body)
             self.acked.append(body)
 
-        return Envelope(body, topic="test/topic", payload=b"", ack=ack)
+        return Envelope([body], Ack(done))
 
     def envelopes(self, bodies: list[T]) -> list[Envelope[T]]:
         return [self.envelope(b) for b in bodies]
 
 
+async def put_all(channel: Channel[T], envelopes: list[Envelope[T]]) -> None:
+    for envelope in envelopes:
+        await channel.put(envelope)
+
+
 @contextlib.asynccontextmanager
 async def running(
-    run: Callable[[Channel[Envelope[T]]], Coroutine[Any, Any, None]],
-    channel: Channel[Envelope[T]],
+    run: Callable[[Channel[T]], Coroutine[Any, Any, None]],
+    channel: Channel[T],
     drain_timeout_s: float = 30.0,
 ) -> AsyncIterator[asyncio.Task[None]]:
     """Run a sink as a task; on exit close the channel and wait for it to drain and seal."""
