@@ -60,7 +60,7 @@ class GatewaySetup:
 
     client_id: str
     qos: int = 1
-    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    protocol: Literal["3.1.1", "5"] = "5"
     topic_filter: str = "sensors/#"
     processes: int | None = None  # `gateway run --processes N`, where the gateway has it
 
