@@ -37,6 +37,8 @@ class Drain:
     cpu_s: float  # the consumer's user + system time until then (its whole process tree)
     peak_rss_bytes: int
     startup_s: float | None = None  # gateway: spawn until /metrics first answered
+    # Gateway: CPU seconds from that first answer (imports done) until done; None: not known.
+    cpu_running_s: float | None = None
     # Several gateways: spawn until the first of them answered (none consumed before that).
     first_answer_s: float | None = None
     audit: dict[str, Any] | None = None  # gateway: what the audit found in its files
@@ -70,6 +72,13 @@ class Drain:
     def cpu_per_100k(self) -> float:
         return self.cpu_s / self.delivered * 100_000 if self.delivered else math.nan
 
+    @property
+    def cpu_us_per_message(self) -> float:
+        """CPU per message once started (the gateway's imports left out; mosquitto_sub: its
+        whole life, which is all message handling)."""
+        cpu = self.cpu_running_s if self.cpu_running_s is not None else self.cpu_s
+        return cpu / self.delivered * 1e6 if self.delivered else math.nan
+
     def as_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out.update(
@@ -77,6 +86,7 @@ class Drain:
             rate=self.rate,
             running_rate=self.running_rate,
             cpu_s_per_100k=self.cpu_per_100k,
+            cpu_us_per_message=self.cpu_us_per_message,
         )
         return out
 
@@ -150,6 +160,8 @@ class Watch:
     startup_s: float | None = None  # from `start` until every /metrics first answered
     first_answer_s: float | None = None  # from `start` until any /metrics first answered
     cpu_s: float = math.nan  # CPU seconds of the gateways' trees when done (minus `cpu_from`)
+    cpu_at_start: float | None = None  # CPU seconds of the trees when every /metrics answered
+    cpu_running_s: float | None = None  # CPU seconds from then until done
     peak_rss_bytes: int = 0
     error: str | None = None
 
@@ -175,6 +187,7 @@ def watch_stored(
         if all(s is not None for s in scrapes) and all(g.answered_all for g in gateways):
             if watch.startup_s is None:
                 watch.startup_s = now - start
+                watch.cpu_at_start = sum(g.cpu_seconds() for g in gateways)
                 if on_first_answer is not None:
                     on_first_answer()
             now_stored = int(sum((s for s in scrapes if s), Scrape()).stored)
@@ -183,7 +196,10 @@ def watch_stored(
         if watch.stored >= expected:
             watch.finished = now
             # Before anything stops: what it took to get here.
-            watch.cpu_s = sum(g.cpu_seconds() for g in gateways) - cpu_from
+            cpu_total = sum(g.cpu_seconds() for g in gateways)
+            watch.cpu_s = cpu_total - cpu_from
+            if watch.cpu_at_start is not None:
+                watch.cpu_running_s = cpu_total - watch.cpu_at_start
             watch.peak_rss_bytes = sum(g.peak_rss_bytes() for g in gateways)
             return watch
         if now - progress_at > STALL_S:
@@ -228,6 +244,7 @@ def finish_gateways(
         watch.cpu_s,
         watch.peak_rss_bytes,
         startup_s=watch.startup_s,
+        cpu_running_s=watch.cpu_running_s,
         first_answer_s=watch.first_answer_s,
         audit=audit.as_dict() if audit else None,
         error=error,

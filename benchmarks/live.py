@@ -155,7 +155,7 @@ def live_gateway(
     result = finish_gateways(
         [gateway],
         watch,
-        label="gateway 3.1.1",
+        label=setup.label,
         expected=total,
         manifest=manifest,
         workdir=workdir,

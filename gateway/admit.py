@@ -37,7 +37,8 @@ class Admission:
         devices: set[str],
         max_devices: int,
     ) -> None:
-        self._decoder_for = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
+        decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
+        self._decode = decoders.single or decoders
         self._metrics = metrics
         self._shards = shards
         self._rejects = rejects
@@ -54,18 +55,19 @@ class Admission:
 
     async def _admit(self, burst: Inbound) -> None:
         received_at = time.time()
-        decoder_for = self._decoder_for
+        decode = self._decode
         shards = self._shards
         n_shards = len(shards)
         routed: list[list[Reading]] = [[] for _ in range(n_shards)]
         droppable: list[list[Reading]] = [[] for _ in range(n_shards)]
         rejections: list[Rejection] = []
         devices = self._devices
+        track_devices = len(devices) < self._max_devices
         drop_qos0 = self._drop_qos0
         items = 0
         for topic, payload, qos in zip(burst.topics, burst.payloads, burst.qos, strict=True):
             try:
-                readings = decoder_for(topic)(topic, payload, received_at)
+                readings = decode(topic, payload, received_at)
             except DecodeError as exc:
                 rejections.append(
                     self._rejection(topic, payload, exc.reason, exc.detail, received_at)
@@ -79,13 +81,14 @@ class Admission:
             # Under drop_oldest, QoS 0 readings never wait: they may be dropped instead.
             lanes = droppable if (drop_qos0 and qos == 0) else routed
             if n_shards == 1:
-                lanes[0].extend(readings)
-                if len(devices) < self._max_devices:
-                    devices.update(reading.device_id for reading in readings)
+                lanes[0] += readings
+                if track_devices:
+                    for reading in readings:
+                        devices.add(reading.device_id)
             else:
                 for reading in readings:
                     device = reading.device_id
-                    if len(devices) < self._max_devices:
+                    if track_devices:
                         devices.add(device)
                     lanes[hash(device) % n_shards].append(reading)
             items += len(readings)

@@ -258,7 +258,13 @@ StepConfig = Annotated[
 class PipelineConfig(_Part):
     """Channels and workers between the source and the sinks."""
 
-    workers: int = Field(4, ge=1, le=256, description="Workers running the steps.")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="Workers running the steps (each device's readings always go to the same "
+        "one). The built-in steps never wait, so one is fastest; more help only steps that wait.",
+    )
     channel_capacity: int = Field(
         4096, ge=1, description="Readings each bounded channel holds before it pushes back."
     )

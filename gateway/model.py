@@ -58,7 +58,9 @@ class Reading(msgspec.Struct, gc=False):
     (`2026-11-25T11:00:00.123Z`), so the line encoder need not format it again; a transform that
     changes `ts` must clear it. Transforms may change `metrics`, `units` and `flags` in place.
     `topic` and `payload` are the broker message the reading came from, for a later dead-letter
-    record; they are never written to the data files.
+    record; they are never written to the data files. `tags` may be shared by the readings of one
+    topic, and `flags` is None until a step flags the reading: steps replace them, never change
+    them in place.
     """
 
     device_id: str
@@ -68,7 +70,7 @@ class Reading(msgspec.Struct, gc=False):
     seq: int | None = None
     units: dict[str, str] = {}
     tags: dict[str, str] = {}
-    flags: list[str] = []
+    flags: list[str] | None = None
     topic: str = ""
     payload: bytes = b""
     ts_text: str | None = None

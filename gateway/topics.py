@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from typing import NamedTuple
 
 from gateway.errors import DecodeError, RejectReason
 
@@ -23,6 +24,30 @@ def safe_name_pattern(max_length: int) -> re.Pattern[str]:
     if max_length < 1:
         raise ValueError(f"max_length must be at least 1, got {max_length}")
     return re.compile(rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{max_length - 1}}}")
+
+
+class SharedTags(dict[str, str]):
+    """Tags shared by every reading of a topic: read-only, so that a step changing one reading's
+    tags in place fails loudly instead of changing every later reading of that topic. A step
+    replaces them: `reading.tags = {**reading.tags, "k": "v"}`."""
+
+    __slots__ = ()
+
+    def _refuse(self, *_: object, **__: object) -> None:
+        raise TypeError("tags are shared by a topic's readings: replace reading.tags instead")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+
+
+class TopicFields(NamedTuple):
+    """What a topic says about its readings: the device, the metric of a bare value, and the
+    other fields, which become the readings' tags (shared by every reading of that topic: steps
+    replace a reading's tags, never change them in place)."""
+
+    device_id: str | None
+    metric: str | None
+    tags: dict[str, str]
 
 
 class TopicTemplate:
@@ -85,6 +110,12 @@ class TopicTemplate:
                 raise DecodeError(reason, f"topic level {name} = {value[:64]!r} is not a safe id")
             found[name] = value
         return found
+
+    def fields_of(self, topic: str) -> TopicFields:
+        """`match`, split into the device, the metric and the tags; DecodeError as `match`."""
+        found = self.match(topic)
+        device_id, metric = found.pop(DEVICE_ID_FIELD, None), found.pop(METRIC_FIELD, None)
+        return TopicFields(device_id, metric, SharedTags(found))
 
 
 def unshared(topic_filter: str) -> str:

@@ -34,16 +34,16 @@ def test_smoke_run_reports_reference_and_gateway_with_nothing_lost(tmp_path: Pat
         assert not results["cases"][case]["failed"], case
         consumers = results["cases"][case]["consumers"]
         for qos in ("qos1", "qos0"):
-            assert {"mosquitto_sub", "gateway 3.1.1"} <= set(consumers[qos])
-            for consumer in ("mosquitto_sub", "gateway 3.1.1"):
+            assert {"mosquitto_sub", "gateway 5"} <= set(consumers[qos])
+            for consumer in ("mosquitto_sub", "gateway 5"):
                 (run,) = consumers[qos][consumer]["rounds"]
                 assert run["delivered"] == run["expected"] > 0, (case, qos, consumer, run)
                 assert run["rate"] > 0
-            (gateway,) = consumers[qos]["gateway 3.1.1"]["rounds"]
+            (gateway,) = consumers[qos]["gateway 5"]["rounds"]
             assert gateway["audit"]["ok"], (case, gateway["audit"])
             assert gateway["audit"]["found"] == gateway["expected"]
         if case == "live":
-            for consumer in ("mosquitto_sub", "gateway 3.1.1"):
+            for consumer in ("mosquitto_sub", "gateway 5"):
                 (run,) = consumers["qos1"][consumer]["rounds"]
                 assert run["publisher_rate"] > 0
     assert (tmp_path / "latest.md").read_text(encoding="utf-8").startswith("# Benchmark results")

@@ -10,6 +10,7 @@ from gateway.config import LimitsConfig, SubscriptionConfig
 from gateway.decode import make_decoder
 from gateway.decode.bare_value import BareValueDecoder
 from gateway.errors import DecodeError
+from gateway.topics import TopicFields
 from tests.support.readings import NOW, assert_valid_readings, decode_or_reason, reason_of
 
 LIMITS = LimitsConfig()
@@ -96,7 +97,7 @@ def test_a_payload_over_max_payload_bytes_is_refused() -> None:
 
 def test_without_device_or_metric_the_decoder_refuses_rather_than_guessing() -> None:
     with pytest.raises(DecodeError) as caught:
-        BareValueDecoder(LIMITS)(b"1", None, "t", NOW)
+        BareValueDecoder(LIMITS)(b"1", "t", TopicFields(None, "t", {}), NOW)
     assert caught.value.reason == "missing_field"
 
 

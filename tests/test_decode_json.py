@@ -43,7 +43,7 @@ def test_a_reading_object_becomes_one_reading_with_topic_tags() -> None:
     assert reading.metrics == {"temperature": 21.4}
     assert reading.units == {"temperature": "Cel"}
     assert reading.tags == {"site": "plant-1"}
-    assert reading.flags == []
+    assert reading.flags is None
 
 
 @pytest.mark.parametrize(
@@ -119,12 +119,14 @@ def test_unknown_fields_are_ignored() -> None:
     assert reading.metrics == {"temperature": 21.4}
 
 
-def test_a_batch_becomes_one_reading_per_element_each_with_its_own_tags() -> None:
+def test_a_batch_becomes_one_reading_per_element_with_the_topic_tags() -> None:
     batch = [{**EXAMPLE, "seq": n, "metrics": {"t": float(n)}} for n in range(3)]
     readings = DECODE(TOPIC, b" \n" + json.dumps(batch).encode(), NOW)
     assert [r.seq for r in readings] == [0, 1, 2]
     assert [r.metrics for r in readings] == [{"t": 0.0}, {"t": 1.0}, {"t": 2.0}]
-    readings[0].tags["changed"] = "yes"
+    assert all(r.tags == {"site": "plant-1"} for r in readings)
+    # Tags are shared by a topic's readings (documented on Reading): steps replace them.
+    readings[0].tags = {**readings[0].tags, "changed": "yes"}
     assert readings[1].tags == {"site": "plant-1"}
 
 
@@ -324,11 +326,16 @@ def test_any_valid_reading_decodes_to_exactly_its_values(
     assert_valid_readings([reading], LIMITS, NOW)
 
 
-def test_readings_from_a_remembered_topic_each_own_their_tags() -> None:
-    """The topic match is remembered per topic; the tags handed out must still be copies."""
+def test_tags_of_a_remembered_topic_cannot_be_changed_in_place() -> None:
+    """The topic match is remembered per topic and its tags shared by its readings: changing
+    them in place fails (loudly, in the step that tries), replacing them changes one reading."""
     decode = make_decoder(SubscriptionConfig(), LIMITS)
     first = decode(TOPIC, payload(), NOW)[0]
-    first.tags["site"] = "changed by a step"
+    with pytest.raises(TypeError, match=r"replace reading\.tags"):
+        first.tags["site"] = "changed by a step"
+    with pytest.raises(TypeError):
+        first.tags.update(site="changed")
+    first.tags = {**first.tags, "site": "replaced"}
     second = decode(TOPIC, payload(), NOW)[0]
     assert second.tags == {"site": "plant-1"}
 

@@ -62,7 +62,7 @@ def test_records_at_the_same_resolved_time_form_one_reading() -> None:
     assert readings[0].units == {"temperature": "Cel", "humidity": "%RH"}
     assert readings[0].device_id == "dev-0042"
     assert readings[0].tags == {"site": "plant-1"}
-    readings[0].tags["x"] = "y"
+    readings[0].tags = {**readings[0].tags, "x": "y"}  # shared by the topic's readings: replaced
     assert readings[1].tags == {"site": "plant-1"}
 
 

@@ -90,7 +90,8 @@ async def test_once_prints_a_snapshot_with_the_gateways_numbers(
     assert _row(text, "devices seen")[-1] == "3"
     assert _row(text, "connected")[:2] == ["connected", "yes"]
     assert _row(text, "stalled")[:2] == ["stalled", "no"]
-    assert _row(text, "decoded")[2] == f"{4 * 4096:,}"  # workers x channel_capacity
+    workers, capacity = gateway.config.pipeline.workers, gateway.config.pipeline.channel_capacity
+    assert _row(text, "decoded")[2] == f"{workers * capacity:,}"
     assert _row(text, "end to end")[1].endswith("ms")
 
 

@@ -14,6 +14,7 @@ COLUMNS = [
     "delivered/expected",
     "msg/s",
     "× ref",
+    "CPU µs/msg",
     "CPU s/100k",
     "peak RSS MB",
     "startup s",
@@ -45,6 +46,11 @@ class Summary:
     @property
     def cpu_per_100k(self) -> float:
         return median([d.cpu_per_100k for d in self.drains if d.complete])
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        """Median CPU per message once started (see Drain.cpu_us_per_message)."""
+        return median([d.cpu_us_per_message for d in self.drains if d.complete])
 
     @property
     def peak_rss_bytes(self) -> float:
@@ -81,6 +87,7 @@ class Summary:
             delivered,
             num(self.rate),
             ratio(self.rate / reference_rate if reference_rate else math.nan),
+            num(self.cpu_us_per_message, 1),
             num(self.cpu_per_100k, 2),
             mb(self.peak_rss_bytes),
             num(self.startup_s, 2),
@@ -94,6 +101,7 @@ class Summary:
             "median_rate": self.rate,
             "median_running_rate": self.running_rate,
             "median_cpu_s_per_100k": self.cpu_per_100k,
+            "median_cpu_us_per_message": self.cpu_us_per_message,
             "median_peak_rss_bytes": self.peak_rss_bytes,
             "median_startup_s": self.startup_s,
             "rounds": [d.as_dict() for d in self.drains],

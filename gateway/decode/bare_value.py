@@ -8,6 +8,7 @@ import re
 from gateway.config import LimitsConfig
 from gateway.errors import DecodeError
 from gateway.model import Reading
+from gateway.topics import TopicFields
 
 # A plain decimal, optionally signed, with exponent; surrounding whitespace (a trailing newline
 # from `mosquitto_pub -l`) is allowed. Stricter than float(), which also takes "nan", "inf", "1_0".
@@ -23,8 +24,9 @@ class BareValueDecoder:
         del limits  # nothing to bound beyond the payload size, which the caller checks
 
     def __call__(
-        self, payload: bytes, device_id: str | None, metric: str | None, received_at: float
+        self, payload: bytes, topic: str, fields: TopicFields, received_at: float
     ) -> list[Reading]:
+        device_id, metric = fields.device_id, fields.metric
         if device_id is None or metric is None:
             raise DecodeError("missing_field", "a bare value needs {device_id} and {metric}")
         if _NUMBER.fullmatch(payload) is None:
@@ -38,5 +40,8 @@ class BareValueDecoder:
                 ts=received_at,
                 received_at=received_at,
                 metrics={metric: value},
+                tags=fields.tags,
+                topic=topic,
+                payload=payload,
             )
         ]

@@ -66,9 +66,15 @@ def error_from_msgspec(exc: msgspec.DecodeError, payload: bytes) -> DecodeError:
 
 
 class ReadingCheck:
-    """Raises DecodeError unless a Reading is one we store: a safe device id, 1..max_metrics
-    well-named finite float metrics, units only for those metrics, device time within the window
-    around `received_at`, and a non-negative int seq when there is one."""
+    """Raises DecodeError unless every Reading of a message is one we store: a safe device id,
+    1..max_metrics well-named finite float metrics (JSON booleans become 1.0/0.0), units only for
+    those metrics, device time within the window around `received_at`, and a non-negative int seq
+    when there is one.
+
+    The common case is checked in a few C-level set and sum operations per reading (names, units
+    and device ids seen before are remembered); only a reading that fails them is looked at
+    value by value, to find and name what is wrong.
+    """
 
     __slots__ = (
         "_device_ok",
@@ -89,55 +95,84 @@ class ReadingCheck:
         self._max_past_s = limits.max_past_s
         self._max_future_s = limits.max_future_s
 
-    def __call__(self, reading: Reading) -> None:
-        device_id = reading.device_id
-        if device_id not in self._good_devices:
-            if self._device_ok(device_id) is None:
-                raise DecodeError("invalid_device_id", f"device id {device_id[:QUOTE]!r}")
-            _remember(self._good_devices, device_id)
-        metrics = reading.metrics
-        count = len(metrics)
-        if count == 0:
-            raise DecodeError("missing_field", "no metrics")
-        if count > self._max_metrics:
-            raise DecodeError("too_many_metrics", f"{count} metrics, max {self._max_metrics}")
+    def __call__(self, readings: list[Reading]) -> None:
+        good_devices = self._good_devices
         good_names = self._good_names
+        max_metrics = self._max_metrics
         isfinite = math.isfinite
-        for name, value in metrics.items():
-            if name not in good_names:
-                if METRIC_NAME.fullmatch(name) is None:
-                    raise DecodeError("invalid_metric", f"metric name {name[:QUOTE]!r}")
-                _remember(good_names, name)
-            # Exactly float: JSON booleans are stored as 1/0; anything else is a decoder bug we
-            # would rather reject than write.
-            if value.__class__ is not float:
-                if value.__class__ is not bool:
-                    raise DecodeError("invalid_value", f"metric {name!r} is {type(value).__name__}")
-                metrics[name] = 1.0 if value else 0.0  # same key: safe while iterating
-            elif not isfinite(value):
-                raise DecodeError("invalid_value", f"metric {name!r} = {value!r}")
-        received_at = reading.received_at
-        ts = reading.ts
+        # Every reading of a message shares its received_at: one window for all.
+        received_at = readings[0].received_at if readings else 0.0
+        earliest = received_at - self._max_past_s
+        latest = received_at + self._max_future_s
+        for reading in readings:
+            if reading.device_id not in good_devices:
+                self._check_device(reading.device_id)
+            metrics = reading.metrics
+            if not 0 < len(metrics) <= max_metrics or not good_names.issuperset(metrics):
+                self._check_names(metrics)
+            # Finite floats sum to a finite float; anything else (a bool, an int, NaN, an
+            # infinity, or a sum that overflows) takes the exact look.
+            total = sum(metrics.values())
+            if total.__class__ is not float or not isfinite(total):
+                self._check_values(metrics)
+            if not earliest <= reading.ts <= latest or reading.received_at != received_at:
+                self._check_time(reading)
+            seq = reading.seq
+            if seq is not None and (seq.__class__ is not int or not 0 <= seq <= MAX_SEQ):
+                # No str(seq): a huge int cannot be printed (sys.get_int_max_str_digits).
+                raise DecodeError("invalid_value", "seq is not an int in 0..2**63-1")
+            units = reading.units
+            if units and not (
+                units.keys() <= metrics.keys() and self._good_units.issuperset(units.values())
+            ):
+                self._check_units(units, metrics)
+
+    def _check_time(self, reading: Reading) -> None:
+        received_at, ts = reading.received_at, reading.ts
         if not received_at - self._max_past_s <= ts <= received_at + self._max_future_s:
             raise DecodeError(
                 "ts_out_of_range",
                 f"ts is {ts - received_at:+.0f} s from receipt; "
                 f"allowed -{self._max_past_s:.0f}..+{self._max_future_s:.0f} s",
             )
-        seq = reading.seq
-        if seq is not None and (seq.__class__ is not int or not 0 <= seq <= MAX_SEQ):
-            # No str(seq): a huge int cannot be printed (sys.get_int_max_str_digits).
-            raise DecodeError("invalid_value", "seq is not an int in 0..2**63-1")
-        if reading.units:
-            good_units = self._good_units
-            for name, unit in reading.units.items():
-                if name not in metrics:
-                    raise DecodeError("invalid_schema", f"unit for unknown metric {name[:QUOTE]!r}")
-                if unit.__class__ is not str or unit not in good_units:
-                    if unit.__class__ is not str or UNIT_NAME.fullmatch(unit) is None:
-                        detail = f"unit of {name!r}: {str(unit)[:QUOTE]!r}"
-                        raise DecodeError("invalid_schema", detail)
-                    _remember(good_units, unit)
+
+    def _check_device(self, device_id: str) -> None:
+        if self._device_ok(device_id) is None:
+            raise DecodeError("invalid_device_id", f"device id {device_id[:QUOTE]!r}")
+        _remember(self._good_devices, device_id)
+
+    def _check_names(self, metrics: dict[str, float]) -> None:
+        count = len(metrics)
+        if count == 0:
+            raise DecodeError("missing_field", "no metrics")
+        if count > self._max_metrics:
+            raise DecodeError("too_many_metrics", f"{count} metrics, max {self._max_metrics}")
+        for name in metrics:
+            if name not in self._good_names:
+                if METRIC_NAME.fullmatch(name) is None:
+                    raise DecodeError("invalid_metric", f"metric name {name[:QUOTE]!r}")
+                _remember(self._good_names, name)
+
+    @staticmethod
+    def _check_values(metrics: dict[str, float]) -> None:
+        for name, value in metrics.items():
+            # Exactly float: JSON booleans are stored as 1/0; anything else is a decoder bug we
+            # would rather reject than write.
+            if value.__class__ is not float:
+                if value.__class__ is not bool:
+                    raise DecodeError("invalid_value", f"metric {name!r} is {type(value).__name__}")
+                metrics[name] = 1.0 if value else 0.0  # same key: safe while iterating
+            elif not math.isfinite(value):
+                raise DecodeError("invalid_value", f"metric {name!r} = {value!r}")
+
+    def _check_units(self, units: dict[str, str], metrics: dict[str, float]) -> None:
+        for name, unit in units.items():
+            if name not in metrics:
+                raise DecodeError("invalid_schema", f"unit for unknown metric {name[:QUOTE]!r}")
+            if unit.__class__ is not str or unit not in self._good_units:
+                if unit.__class__ is not str or UNIT_NAME.fullmatch(unit) is None:
+                    raise DecodeError("invalid_schema", f"unit of {name!r}: {str(unit)[:QUOTE]!r}")
+                _remember(self._good_units, unit)
 
 
 def _remember(names: set[str], name: str) -> None:

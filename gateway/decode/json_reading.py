@@ -7,46 +7,61 @@ from msgspec import UNSET, UnsetType
 
 from gateway.config import LimitsConfig
 from gateway.decode.checks import error_from_msgspec, resolve_device_id
-from gateway.decode.timestamps import TimestampParser
+from gateway.decode.timestamps import MILLIS, TimestampParser
 from gateway.errors import DecodeError
 from gateway.model import Reading
+from gateway.topics import TopicFields
 
 
 class _ReadingIn(msgspec.Struct, gc=False):
-    """The payload's shape. Strict, as msgspec is: "21.4" is not a number and 1.0 is not a seq.
-    A metric may be true/false (stored 1/0, by the common checks). Unknown fields are ignored."""
+    """The payload's shape. Strict, as msgspec is: "21.4" is not a number and 1.0 is not a seq;
+    msgspec refuses numbers beyond a float's range, and JSON has no NaN, so every metric is a
+    finite float. Unknown fields are ignored."""
 
     ts: str | float
-    metrics: dict[str, float | bool]
+    metrics: dict[str, float]
     # UNSET, not None: a field may be left out, but `null` is not a device id, seq or units.
     device_id: str | UnsetType = UNSET
     seq: int | UnsetType = UNSET
     units: dict[str, str] | UnsetType = UNSET
 
 
+class _ReadingInWithBooleans(_ReadingIn, gc=False):
+    """The same, where a metric may also be true/false (stored as 1/0): tried only when the
+    float-only shape fails, so that the common payload pays for no conversion."""
+
+    metrics: dict[str, float | bool]  # type: ignore[assignment]
+
+
 class JsonReadingDecoder:
     """`{"device_id", "ts", "seq"?, "metrics", "units"?}` or an array of those -> Readings.
 
     The device id may come from the payload, the topic, or both (then they must agree).
-    Tags and the common checks are applied by the caller (`make_decoder`).
+    The common checks are applied by the caller (`SubscriptionDecoder`).
     """
 
-    __slots__ = ("_decode", "_max_readings", "_ts")
+    __slots__ = ("_decode", "_decode_booleans", "_max_readings", "_seconds", "_ts")
 
     def __init__(self, limits: LimitsConfig) -> None:
         self._max_readings = limits.max_readings_per_message
         self._decode = msgspec.json.Decoder(_ReadingIn | list[_ReadingIn]).decode
+        self._decode_booleans = msgspec.json.Decoder(
+            _ReadingInWithBooleans | list[_ReadingInWithBooleans]
+        ).decode
         self._ts = TimestampParser()
+        self._seconds = self._ts.seconds
 
     def __call__(
-        self, payload: bytes, device_id: str | None, metric: str | None, received_at: float
+        self, payload: bytes, topic: str, fields: TopicFields, received_at: float
     ) -> list[Reading]:
         try:
             decoded = self._decode(payload)
+        except msgspec.ValidationError:
+            decoded = self._with_booleans(payload)
         except msgspec.DecodeError as exc:
             raise error_from_msgspec(exc, payload) from None
-        if decoded.__class__ is _ReadingIn:
-            return [self._reading(decoded, device_id, received_at)]  # type: ignore[arg-type]
+        if decoded.__class__ is not list:
+            return [self._reading(decoded, topic, payload, fields, received_at)]  # type: ignore[arg-type]
         if not decoded:
             raise DecodeError("missing_field", "empty batch")
         if len(decoded) > self._max_readings:  # type: ignore[arg-type]
@@ -54,29 +69,66 @@ class JsonReadingDecoder:
                 "payload_too_large",
                 f"batch of {len(decoded)} readings, max {self._max_readings}",  # type: ignore[arg-type]
             )
-        return [self._reading(item, device_id, received_at) for item in decoded]  # type: ignore[union-attr]
+        return [self._reading(item, topic, payload, fields, received_at) for item in decoded]  # type: ignore[union-attr]
+
+    def _with_booleans(self, payload: bytes) -> _ReadingIn | list[_ReadingIn]:
+        try:
+            decoded = self._decode_booleans(payload)
+        except msgspec.DecodeError as exc:
+            raise error_from_msgspec(exc, payload) from None
+        for item in decoded if isinstance(decoded, list) else [decoded]:
+            metrics = item.metrics
+            for name, value in metrics.items():
+                if value.__class__ is bool:
+                    metrics[name] = 1.0 if value else 0.0  # same key: safe while iterating
+        return decoded
 
     def _reading(
-        self, item: _ReadingIn, topic_device_id: str | None, received_at: float
+        self,
+        item: _ReadingIn,
+        topic: str,
+        payload: bytes,
+        fields: TopicFields,
+        received_at: float,
     ) -> Reading:
+        device_id = item.device_id
+        topic_device_id = fields[0]
+        if device_id is UNSET or device_id != topic_device_id:
+            device_id = resolve_device_id(
+                None if device_id is UNSET else device_id,  # type: ignore[arg-type]
+                topic_device_id,
+            )
         metrics = item.metrics
         units = item.units
         if units is UNSET:
             units = {}
-        elif not units.keys() <= metrics.keys():
+        elif not units.keys() <= metrics.keys():  # type: ignore[union-attr]
             # Devices often send one fixed units block; a unit of a metric not sent says nothing.
-            units = {name: unit for name, unit in units.items() if name in metrics}
+            units = {name: unit for name, unit in units.items() if name in metrics}  # type: ignore[union-attr]
         ts = item.ts
-        canonical = self._ts.canonical(ts) if ts.__class__ is str else None  # type: ignore[arg-type]
-        device_id = None if item.device_id is UNSET else item.device_id
-        if device_id is None or device_id != topic_device_id:
-            device_id = resolve_device_id(device_id, topic_device_id)
+        ts_text = None
+        # The canonical form, from the memory of seconds: one slice and two lookups.
+        if ts.__class__ is str and len(ts) == 24 and ts[19] == "." and ts[23] == "Z":  # type: ignore[arg-type]
+            whole = self._seconds.get(ts[:19])  # type: ignore[index]
+            millis = MILLIS.get(ts[20:23])  # type: ignore[index]
+            if whole is not None and millis is not None:
+                ts_text = ts
+                epoch = whole + millis
+            else:
+                epoch = self._ts(ts)
+        else:
+            epoch = self._ts(ts)
+        seq = item.seq
         return Reading(
-            device_id,
-            self._ts(ts) if canonical is None else canonical,
+            device_id,  # type: ignore[arg-type]
+            epoch,
             received_at,
-            metrics,  # type: ignore[arg-type]  # bools become floats in the common checks
-            None if item.seq is UNSET else item.seq,
-            units,
-            ts_text=ts if canonical is not None else None,  # type: ignore[arg-type]
+            metrics,
+            None if seq is UNSET else seq,  # type: ignore[arg-type]
+            units,  # type: ignore[arg-type]
+            fields[2],
+            None,
+            topic,
+            payload,
+            ts_text,  # type: ignore[arg-type]
         )

@@ -12,6 +12,7 @@ from gateway.decode.checks import error_from_msgspec, resolve_device_id
 from gateway.decode.timestamps import QUOTE
 from gateway.errors import DecodeError
 from gateway.model import Reading
+from gateway.topics import TopicFields
 
 # RFC 8428 §4.5.3: a resolved time below 2**28 is relative to now (here: when we received it).
 RELATIVE_TIME_BELOW = 2.0**28
@@ -65,8 +66,9 @@ class SenmlDecoder:
         self._decode_any = msgspec.json.Decoder(list[dict[str, Any]]).decode
 
     def __call__(
-        self, payload: bytes, device_id: str | None, metric: str | None, received_at: float
+        self, payload: bytes, topic: str, fields: TopicFields, received_at: float
     ) -> list[Reading]:
+        device_id = fields.device_id
         try:
             records = self._decode(payload)
             # A label ending in "_" can only be in a payload holding `_"`: pay for a second look
@@ -119,7 +121,15 @@ class SenmlDecoder:
                     raise DecodeError(
                         "payload_too_large", f"more than {self._max_readings} readings in a pack"
                     )
-                reading = Reading(record_device, ts, received_at, {})
+                reading = Reading(
+                    record_device,
+                    ts,
+                    received_at,
+                    {},
+                    tags=fields.tags,
+                    topic=topic,
+                    payload=payload,
+                )
                 readings[key] = reading
             elif name in reading.metrics:
                 raise DecodeError("invalid_schema", f"[{index}] {name[:QUOTE]!r} twice at one time")

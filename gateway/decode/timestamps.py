@@ -13,6 +13,8 @@ QUOTE = 64
 # Whole seconds (`2026-11-25T11:00:00`) remembered; cleared and refilled past this many.
 SECOND_MEMORY = 16_384
 _CANONICAL_LENGTH = 24  # 2026-11-25T11:00:00.123Z, the form the files use
+# "000".."999" -> seconds: one lookup both checks three ASCII digits and converts them.
+MILLIS: dict[str, float] = {f"{n:03d}": n / 1000 for n in range(1000)}
 
 
 def parse_iso(text: str) -> float:
@@ -36,28 +38,29 @@ class TimestampParser:
     hit proves the prefix is.
     """
 
-    __slots__ = ("_seconds",)
+    __slots__ = ("seconds",)
 
     def __init__(self) -> None:
-        self._seconds: dict[str, float] = {}
+        # `YYYY-MM-DDTHH:MM:SS` -> epoch seconds; decoders may look up canonical times here.
+        self.seconds: dict[str, float] = {}
 
     def canonical(self, text: str) -> float | None:
         """Epoch seconds of a canonical timestamp; None when `text` is not one."""
         if len(text) != _CANONICAL_LENGTH or text[19] != "." or text[23] != "Z":
             return None
-        millis = text[20:23]
-        if not (millis.isascii() and millis.isdigit()):
+        millis = MILLIS.get(text[20:23])
+        if millis is None:
             return None
         prefix = text[:19]
-        whole = self._seconds.get(prefix)
+        whole = self.seconds.get(prefix)
         if whole is None:
             if not _is_canonical_second(prefix):
                 return None
             whole = parse_iso(prefix)
-            if len(self._seconds) >= SECOND_MEMORY:
-                self._seconds.clear()
-            self._seconds[prefix] = whole
-        return whole + int(millis) / 1000
+            if len(self.seconds) >= SECOND_MEMORY:
+                self.seconds.clear()
+            self.seconds[prefix] = whole
+        return whole + millis
 
     def __call__(self, value: str | float) -> float:
         if value.__class__ is str:

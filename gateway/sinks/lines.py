@@ -19,7 +19,7 @@ class _Line(msgspec.Struct, gc=False, omit_defaults=True):
     metrics: dict[str, float]
     units: dict[str, str]
     tags: dict[str, str]
-    flags: list[str] = []
+    flags: list[str] | None = None
 
 
 class LineEncoder:
@@ -67,7 +67,7 @@ class LineEncoder:
                     r.metrics,
                     r.units,
                     r.tags,
-                    r.flags,
+                    r.flags or None,
                 )
             )
         encode_lines = self._encode_lines

@@ -44,8 +44,10 @@ class CheckRange:
                     (reading, "out_of_range", f"{metric} = {value!r} outside [{low}, {high}]")
                 )
             else:
-                if self._flag not in reading.flags:
-                    # A new list: the default one may be shared until a step writes it.
-                    reading.flags = [*reading.flags, self._flag]
+                flags = reading.flags
+                if flags is None:
+                    reading.flags = [self._flag]
+                elif self._flag not in flags:
+                    reading.flags = [*flags, self._flag]
                 kept.append(reading)
         return Verdict(kept, rejected)
