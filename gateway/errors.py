@@ -32,6 +32,16 @@ DROP_REASONS: tuple[str, ...] = get_args(DropReason)
 WriteErrorReason = Literal["no_space", "permission", "read_only", "not_a_directory", "io_error"]
 WRITE_ERROR_REASONS: tuple[str, ...] = get_args(WriteErrorReason)
 
+# Why compacting a partition failed (its JSON Lines stay; the next pass tries again).
+CompactionErrorReason = Literal[
+    "invalid_line", "invalid_parquet", "no_space", "permission", "read_only", "io_error"
+]
+COMPACTION_ERROR_REASONS: tuple[str, ...] = get_args(CompactionErrorReason)
+
+# Why files were deleted: their readings are in Parquet now, or a retention limit.
+DeleteReason = Literal["compacted", "max_age", "max_bytes"]
+DELETE_REASONS: tuple[str, ...] = get_args(DeleteReason)
+
 
 class GatewayError(Exception):
     """Base of every error the gateway raises on purpose."""
@@ -75,6 +85,15 @@ class SinkWriteError(GatewayError):
     """Raised when a sink cannot write or fsync; `reason` is a WriteErrorReason."""
 
     def __init__(self, reason: WriteErrorReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class CompactionError(GatewayError):
+    """Raised when a partition cannot be compacted; `reason` is a CompactionErrorReason."""
+
+    def __init__(self, reason: CompactionErrorReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
