@@ -59,7 +59,12 @@ def worker_config(config: GatewayConfig, index: int) -> GatewayConfig:
     )
     mqtt = config.mqtt.model_copy(update={"client_id": f"{base}-w{index}", "subscriptions": subs})
     http = config.http.model_copy(update={"host": "127.0.0.1", "port": _free_port("127.0.0.1")})
-    return config.model_copy(update={"mqtt": mqtt, "http": http})
+    # One worker compacts and measures the shared data directory: the merged /metrics sums the
+    # workers' gauges, so the others export zeros instead of the same sizes again.
+    compaction = config.compaction.model_copy(
+        update={"enabled": config.compaction.enabled and index == 0}
+    )
+    return config.model_copy(update={"mqtt": mqtt, "http": http, "compaction": compaction})
 
 
 @dataclass

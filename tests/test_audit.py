@@ -239,17 +239,24 @@ def test_a_segment_and_its_gzip_copy_are_counted_once(tmp_path: Path) -> None:
     assert report.data_files == 1
 
 
-def test_open_segments_are_ignored(tmp_path: Path) -> None:
+def test_readings_in_open_segments_are_reported_as_open_not_missing(tmp_path: Path) -> None:
+    """A running gateway's open segment holds stored, acked readings: found, and said so."""
     run = write_run(tmp_path)
     lines = run.lines()
     lines.remove(data_line("dev-00000", 9))
     run.rewrite(lines)
     still_open = run.segment.with_name("gw-00000002.jsonl.open")
-    still_open.write_text(data_line("dev-00000", 9) + data_line("dev-00000", 1), encoding="utf-8")
+    # The last line is a write in progress: no newline yet, so it is not counted.
+    still_open.write_text(
+        data_line("dev-00000", 9) + data_line("dev-00000", 1).rstrip("\n"), encoding="utf-8"
+    )
     report = audit(run.manifest, run.data_dir)
-    assert report.total.missing == 1
+    assert report.ok
+    assert report.total.missing == 0
+    assert report.total.in_open == 1
     assert report.total.duplicated == 0
-    assert report.data_files == 1
+    assert (report.data_files, report.open_files) == (2, 1)
+    assert "1 of the readings found are in open segments" in format_table(report)
 
 
 def test_dead_letter_files_are_not_read_as_data(tmp_path: Path) -> None:

@@ -68,8 +68,11 @@ class Maintenance:
             # A pass still in its thread notices at its next batch and stops there.
             self._stop.set()
 
-    def run_pass(self, *, now: float | None = None, step: Step | None = None) -> Report:
-        """Blocking. Skips (returns an empty report) while another process holds the lock."""
+    def run_pass(
+        self, *, now: float | None = None, step: Step | None = None, wait: bool = False
+    ) -> Report:
+        """Blocking. Skips (returns an empty report) while another process holds the lock,
+        unless `wait`."""
         if not self._data_dir.is_dir():
             return Report(None, None, None)
 
@@ -79,7 +82,7 @@ class Maintenance:
             if step is not None:
                 step(name)
 
-        with tree_lock(self._data_dir, exclusive=True, wait=False) as locked:
+        with tree_lock(self._data_dir, exclusive=True, wait=wait) as locked:
             if not locked:
                 return Report(None, None, None)
             when = time.time() if now is None else now
