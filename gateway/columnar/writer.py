@@ -37,6 +37,7 @@ class Written:
     rows: int = 0
     input_bytes: int = 0  # JSON Lines bytes read (uncompressed)
     output_bytes: int = 0  # the Parquet file
+    shape: Shape | None = None  # the columns it has
 
 
 def _lines(open_segment: OpenSegment, stem: str) -> Iterator[tuple[int, bytes]]:
@@ -160,6 +161,7 @@ def write_partition(
     open_segment: OpenSegment,
     *,
     previous: Path | None = None,
+    base: Shape | None = None,
     batch_rows: int,
     step: Step = lambda _name: None,
 ) -> Written:
@@ -169,8 +171,13 @@ def write_partition(
 
     CompactionError("invalid_line") names the first line that is not a reading;
     CompactionError("invalid_parquet") an earlier file that cannot be read.
+
+    The columns are the union over the partition, plus those of `base` (the newest file's, so
+    that a metric seen once keeps its column in every later file, null where absent).
     """
     shape = Shape()
+    if base is not None:
+        shape.add(base)
     covered: set[str] = set(segments)
     if previous is not None:
         before, before_segments = previous_shape(previous)
@@ -195,6 +202,7 @@ def write_partition(
         raw.flush()
         os.fsync(raw.fileno())
         out.written.output_bytes = raw.tell()
+    out.written.shape = shape
     return out.written
 
 

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.columnar.reader import covered_segments
+from gateway.columnar.reader import covered_segments, read_schema
+from gateway.columnar.schema import Shape, shape_of
 from gateway.columnar.writer import Written, write_partition
 from gateway.compaction.partitions import PARQUET_TMP_NAME, Partition, open_segment
 from gateway.config import CompactionConfig
@@ -78,7 +79,12 @@ def pending(partition: Partition) -> list[str]:
 
 
 def compact_partition(
-    partition: Partition, config: CompactionConfig, *, keep_jsonl: bool, step: Step = _no_step
+    partition: Partition,
+    config: CompactionConfig,
+    *,
+    keep_jsonl: bool,
+    base: Shape | None = None,
+    step: Step = _no_step,
 ) -> Compacted:
     """Write the partition's sealed segments (and its earlier Parquet file) to one Parquet file,
     then delete the segments it holds. Blocking: run in a thread, under the tree lock."""
@@ -96,6 +102,7 @@ def compact_partition(
             new,
             functools.partial(open_segment, directory),
             previous=final if partition.parquet else None,
+            base=base,
             batch_rows=config.batch_rows,
             step=step,
         )
@@ -142,6 +149,7 @@ def compact_due(
     readings outside Parquet.
     """
     result = PassResult()
+    known = _newest_shape(partitions)
     for partition in partitions:
         due = partition.end + config.grace_s
         if now < due:
@@ -152,13 +160,29 @@ def compact_due(
         try:
             if not (partition.sealed or partition.parquet_tmp):
                 continue
-            compacted = compact_partition(partition, config, keep_jsonl=keep_jsonl, step=step)
+            compacted = compact_partition(
+                partition, config, keep_jsonl=keep_jsonl, base=known, step=step
+            )
         except CompactionError as exc:
             result.errors.append((partition, exc))
         except OSError as exc:
             result.errors.append((partition, error_of(exc)))
         else:
             result.compacted.append((partition, compacted))
+            if compacted.written is not None and compacted.written.shape is not None:
+                known = compacted.written.shape
             continue
         result.lag_s = max(result.lag_s, now - due)
     return result
+
+
+def _newest_shape(partitions: list[Partition]) -> Shape | None:
+    """The columns of the newest Parquet file: later files keep them (readers of many files
+    then meet one schema while a fleet's metrics stay the same)."""
+    for partition in reversed(partitions):
+        if partition.parquet:
+            try:
+                return shape_of(read_schema(partition.parquet_path))
+            except CompactionError:
+                continue
+    return None

@@ -83,10 +83,11 @@ def _list(directory: Path, start: float, length_s: float) -> Partition:
     partition = Partition(directory, start, length_s)
     with os.scandir(directory) as entries:
         for entry in entries:
-            if not entry.is_file(follow_symlinks=False):
+            # Symlinks are followed: a view of several gateways' segments is read like one tree.
+            if not entry.is_file():
                 continue
             with contextlib.suppress(FileNotFoundError):  # renamed or removed meanwhile
-                partition.size_bytes += entry.stat(follow_symlinks=False).st_size
+                partition.size_bytes += entry.stat().st_size
             if entry.name == PARQUET_NAME:
                 partition.parquet = True
             elif entry.name == PARQUET_TMP_NAME:
