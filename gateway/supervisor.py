@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import multiprocessing
 import os
@@ -89,6 +90,13 @@ def _get(url: str) -> tuple[int, str]:
         return 0, ""
 
 
+def _post_seal(url: str) -> dict[str, int]:
+    request = urllib.request.Request(url, method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        sealed = json.loads(resp.read())["sealed"]
+    return {str(sink): int(count) for sink, count in sealed.items()}
+
+
 class Supervisor:
     """Starts, watches and stops the workers; serves their merged metrics."""
 
@@ -101,7 +109,9 @@ class Supervisor:
         self.registry = Registry()
         self.registry.register(self._merged)
         self._metrics = SupervisorMetrics(self.registry, processes)
-        self._http = HttpServer(config.http, self.registry, self.checks, self._refresh_metrics)
+        self._http = HttpServer(
+            config.http, self.registry, self.checks, self._refresh_metrics, seal=self._seal
+        )
         self._stop = asyncio.Event()
 
     def checks(self) -> dict[str, bool]:
@@ -177,6 +187,18 @@ class Supervisor:
         to POLL_S old); a worker that does not answer keeps its last text."""
         running = [w for w in self._workers if w.restart_at is None and w.process is not None]
         await asyncio.gather(*(self._fetch_metrics(w) for w in running))
+
+    async def _seal(self) -> dict[str, int]:
+        """POST /seal: every running worker seals its open segments; the counts summed."""
+        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(_post_seal, f"{w.url}/seal") for w in running)
+        )
+        total: dict[str, int] = {}
+        for answer in answers:
+            for sink, count in answer.items():
+                total[sink] = total.get(sink, 0) + count
+        return total
 
     async def _stop_all(self) -> int:
         log.info("stopping %d workers (each drains)", len(self._workers))

@@ -21,43 +21,12 @@ import pytest
 from gateway.audit import audit
 from gateway.compaction.compact import STEPS
 from gateway.compaction.partitions import PARQUET_NAME, PARQUET_TMP_NAME
-from gateway.manifest import DeviceRecord, ManifestHeader, write_manifest
 from gateway.model import Reading
+from tests.support.manifests import write_manifest_for
 from tests.support.partitions import T0, fleet, hour_dir, reading, write_segment
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES, PER_DEVICE = 10, 300  # 3,000 readings: three record batches of 1,024
-
-
-def write_manifest_for(path: Path, devices: int, last_seq: dict[str, int]) -> None:
-    """What a simulator would have recorded for these readings (format json, seq 0..last)."""
-    records = [
-        DeviceRecord(
-            device_id=device_id,
-            index=i,
-            site="site-0",
-            model="climate",
-            topic=f"sensors/site-0/{device_id}/telemetry",
-            metrics=("temperature", "humidity"),
-            seq=((0, last),),
-            messages=last + 1,
-        )
-        for i, (device_id, last) in enumerate(sorted(last_seq.items()))
-    ]
-    header = ManifestHeader(
-        seed=1,
-        format="json",
-        qos=1,
-        topic_template="sensors/{site}/{device_id}/telemetry",
-        device_id_pattern="dev-{n:05d}",
-        profile="default",
-        devices=devices,
-        started_at="2026-11-25T11:00:00.000Z",
-        finished_at="2026-11-25T11:59:00.000Z",
-        messages_sent=sum(last + 1 for last in last_seq.values()),
-        readings_sent=sum(last + 1 for last in last_seq.values()),
-    )
-    write_manifest(path, header, records)
 
 
 def compact_cmd(data: Path, config: Path, *extra: str) -> list[str]:
@@ -126,7 +95,7 @@ def test_sigkill_at_each_step_loses_nothing_and_counts_nothing_twice(
         assert r.seq is not None
         last_seq[r.device_id] = max(last_seq.get(r.device_id, 0), r.seq)
     manifest = tmp_path / "sent.manifest.jsonl"
-    write_manifest_for(manifest, DEVICES, last_seq)
+    write_manifest_for(manifest, last_seq)
     assert_each_reading_counted_once(manifest, data, len(everything))
 
     proc = subprocess.Popen(
