@@ -80,7 +80,11 @@ class Gateway:
         self._maintenance: Maintenance | None = None
         if config.compaction.enabled:
             self._maintenance = Maintenance(
-                config.files.data_dir, config.compaction, config.retention, self.storage
+                config.files.data_dir,
+                config.compaction,
+                config.retention,
+                self.storage,
+                config.logging,
             )
         self._stop = asyncio.Event()
         self.started = asyncio.Event()

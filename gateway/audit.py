@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO
 
-from gateway.columnar.reader import audit_rows, covered_segments
 from gateway.compaction.partitions import (
     Partition,
     dead_letter_partitions,
@@ -284,6 +283,9 @@ class _Auditor:
 
     def _read_parquet(self, partition: Partition) -> frozenset[str]:
         """Count the rows of a partition's Parquet file; return the segments it holds."""
+        # Here, not at the top: `gateway run` imports this module, and pyarrow stays out of it.
+        from gateway.columnar.reader import audit_rows, covered_segments  # noqa: PLC0415
+
         path = partition.parquet_path
         try:
             covered = covered_segments(path)

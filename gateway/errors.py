@@ -33,8 +33,15 @@ WriteErrorReason = Literal["no_space", "permission", "read_only", "not_a_directo
 WRITE_ERROR_REASONS: tuple[str, ...] = get_args(WriteErrorReason)
 
 # Why compacting a partition failed (its JSON Lines stay; the next pass tries again).
+# process_failed: the compaction process ended without a result (killed, out of memory).
 CompactionErrorReason = Literal[
-    "invalid_line", "invalid_parquet", "no_space", "permission", "read_only", "io_error"
+    "invalid_line",
+    "invalid_parquet",
+    "no_space",
+    "permission",
+    "read_only",
+    "io_error",
+    "process_failed",
 ]
 COMPACTION_ERROR_REASONS: tuple[str, ...] = get_args(CompactionErrorReason)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,3 +90,12 @@ def test_each_outside_library_has_one_owner() -> None:
             ):
                 wrong.append(f"{rel} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_gateway_process_never_imports_pyarrow() -> None:
+    """Compaction runs in a child process: pyarrow's memory stays out of the one that acks."""
+    probe = "import sys, gateway.cli, gateway.app; print('pyarrow' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

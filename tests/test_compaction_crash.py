@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import audit
-from gateway.compaction.compact import STEPS
 from gateway.compaction.partitions import PARQUET_NAME, PARQUET_TMP_NAME
+from gateway.compaction.steps import STEPS
 from gateway.model import Reading
 from tests.support.manifests import write_manifest_for
 from tests.support.partitions import T0, fleet, hour_dir, reading, write_segment
@@ -137,3 +137,24 @@ def test_sigkill_at_each_step_loses_nothing_and_counts_nothing_twice(
     )  # fmt: skip
     assert audited.returncode == 0, audited.stdout + audited.stderr
     assert f"{len(everything):,} lines" in audited.stdout
+
+
+def test_a_compaction_whose_gateway_is_gone_stops_and_the_next_pass_finishes(
+    tmp_path: Path,
+) -> None:
+    """The gateway runs `gateway compact --parent-pid <its pid>`: when that is no longer its
+    parent (the gateway died), it stops at the next step, leaving a state the next pass fixes."""
+    data = tmp_path / "data"
+    config = tmp_path / "gateway.toml"
+    config.write_text("[compaction]\nbatch_rows = 1024\n", encoding="utf-8")
+    readings = fleet(DEVICES, PER_DEVICE)
+    write_segment(data, "gw-00000001", readings)
+    orphan = subprocess.run(
+        compact_cmd(data, config, "--parent-pid", str(os.getpid() + 1_000_000)),
+        check=False, capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert orphan.returncode == 1
+    assert "stopped" in orphan.stderr
+    assert not (hour_dir(data, T0) / PARQUET_NAME).exists()
+    subprocess.run(compact_cmd(data, config), check=True, capture_output=True, timeout=120)
+    assert sorted(os.listdir(hour_dir(data, T0))) == [PARQUET_NAME]

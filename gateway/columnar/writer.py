@@ -1,8 +1,9 @@
 """Write one partition's readings to one Parquet file, streamed in record batches.
 
 Two passes over the segments: the first finds the partition's columns (a Parquet schema is fixed
-before the first row), the second converts `batch_rows` lines at a time and writes each batch as
-a row group. Memory holds one batch, whatever the size of the partition. Blocking: run it in a
+before the first row), the second decodes `CHUNK_ROWS` lines at a time into Arrow arrays and
+writes a row group whenever `batch_rows` rows are ready. Memory holds one chunk of decoded lines
+and one row group of Arrow arrays, whatever the size of the partition. Blocking: run it in a
 thread.
 """
 
@@ -23,11 +24,15 @@ from gateway.columnar.reader import read_schema
 from gateway.columnar.schema import STRING_MAP, TIMESTAMP, Shape, segments_of, shape_of
 from gateway.errors import CompactionError
 
-# zstd level 3 (its default): measured on readings, higher levels cost far more CPU for a few %.
-ZSTD_LEVEL = 3
+ZSTD_LEVEL = 3  # zstd's own default
+# Lines decoded to Python objects at once: a column is then one list comprehension and one
+# pa.array() call (per row, Python code costs ~10x more); ~8 MB of dicts at a time.
+CHUNK_ROWS = 8192
+FLAGS = pa.list_(pa.string())
 
 OpenSegment = Callable[[str], AbstractContextManager[IO[bytes]]]
 Step = Callable[[str], None]
+Record = dict[str, Any]
 
 
 @dataclass(slots=True)
@@ -47,12 +52,12 @@ def _lines(open_segment: OpenSegment, stem: str) -> Iterator[tuple[int, bytes]]:
                 yield number, line
 
 
-def _invalid(stem: str, number: int, why: object) -> CompactionError:
-    return CompactionError("invalid_line", f"segment {stem} line {number}: {why}")
+def _invalid(stem: str, where: str, why: object) -> CompactionError:
+    return CompactionError("invalid_line", f"segment {stem} {where}: {why}")
 
 
 def scan(open_segment: OpenSegment, stem: str) -> Shape:
-    """Pass one: the metric and tag names of one segment."""
+    """Pass one: the metric and tag names of one segment, and whether a value is no number."""
     shape = Shape()
     metrics, tags = shape.metrics, shape.tags
     loads = orjson.loads
@@ -62,82 +67,55 @@ def scan(open_segment: OpenSegment, stem: str) -> Shape:
             values = record["metrics"]
             metrics.update(values)
             tags.update(record["tags"])
-        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
-            raise _invalid(stem, number, exc) from exc
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise _invalid(stem, f"line {number}", exc) from exc
         if not shape.other:
             for value in values.values():
-                kind = type(value)
+                kind = type(value)  # bool is not int here: true is not a number in JSON
                 if kind is not float and kind is not int:
                     shape.other = True
     return shape
 
 
-class _Columns:
-    """Columns of one batch being filled, row by row."""
-
-    def __init__(self, shape: Shape) -> None:
-        self.tags = sorted(shape.tags)
-        self.metrics = sorted(shape.metrics)
-        self.other = shape.other
-        self.clear()
-
-    def clear(self) -> None:
-        self.device_id: list[Any] = []
-        self.ts: list[Any] = []
-        self.received_at: list[Any] = []
-        self.seq: list[Any] = []
-        self.tag_values: dict[str, list[Any]] = {t: [] for t in self.tags}
-        self.metric_values: dict[str, list[Any]] = {m: [] for m in self.metrics}
-        self.units: list[Any] = []
-        self.flags: list[Any] = []
-        self.others: list[Any] = []
-
-    def __len__(self) -> int:
-        return len(self.device_id)
-
-    def add(self, record: dict[str, Any]) -> None:
-        row = len(self.device_id)
-        self.device_id.append(record["device_id"])
-        self.ts.append(record["ts"])
-        self.received_at.append(record["received_at"])
-        self.seq.append(record.get("seq"))
-        tags = record["tags"]
-        for name, column in self.tag_values.items():
-            column.append(tags.get(name))
-        others: list[tuple[str, str]] = []
-        for name, value in record["metrics"].items():
-            column = self.metric_values[name]
-            column.extend([None] * (row - len(column)))
+def _split_other(metrics: list[Record]) -> tuple[list[Record], list[list[tuple[str, str]]]]:
+    """Per row: the numeric metrics, and the others as (name, JSON text)."""
+    numeric, others = [], []
+    for values in metrics:
+        keep: Record = {}
+        other: list[tuple[str, str]] = []
+        for name, value in values.items():
             kind = type(value)
-            if kind is float:
-                column.append(value)
-            elif kind is int:
-                column.append(float(value))
+            if kind is float or kind is int:
+                keep[name] = value
             else:
-                others.append((name, orjson.dumps(value).decode()))
-        self.units.append(list(record.get("units", {}).items()))
-        self.flags.append(record.get("flags", []))
-        if self.other:
-            self.others.append(others)
+                other.append((name, orjson.dumps(value).decode()))
+        numeric.append(keep)
+        others.append(other)
+    return numeric, others
 
-    def batch(self, schema: pa.Schema) -> pa.RecordBatch:
-        rows = len(self.device_id)
-        arrays = [
-            pa.array(self.device_id, pa.string()),
-            pa.array(self.ts, pa.string()).cast(TIMESTAMP),
-            pa.array(self.received_at, pa.string()).cast(TIMESTAMP),
-            pa.array(self.seq, pa.int64()),
-            *(pa.array(self.tag_values[t], pa.string()) for t in self.tags),
-        ]
-        for name in self.metrics:
-            column = self.metric_values[name]
-            column.extend([None] * (rows - len(column)))
-            arrays.append(pa.array(column, pa.float64()))
-        arrays.append(pa.array(self.units, STRING_MAP))
-        arrays.append(pa.array(self.flags, pa.list_(pa.string())))
-        if self.other:
-            arrays.append(pa.array(self.others, STRING_MAP))
-        return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+def to_batch(records: list[Record], shape: Shape, schema: pa.Schema) -> pa.RecordBatch:
+    """Decoded lines to one record batch of `schema` (KeyError, TypeError or Arrow errors when
+    a line is not a reading)."""
+    metrics = [r["metrics"] for r in records]
+    others = None
+    if shape.other:
+        metrics, others = _split_other(metrics)
+    tags = [r["tags"] for r in records]
+    arrays = [
+        pa.array([r["device_id"] for r in records], pa.string()),
+        pa.array([r["ts"] for r in records], pa.string()).cast(TIMESTAMP),
+        pa.array([r["received_at"] for r in records], pa.string()).cast(TIMESTAMP),
+        pa.array([r.get("seq") for r in records], pa.int64()),
+        *(pa.array([t.get(name) for t in tags], pa.string()) for name in sorted(shape.tags)),
+        # Only ints and floats reach here (pass one sends the rest to other_metrics).
+        *(pa.array([m.get(name) for m in metrics], pa.float64()) for name in sorted(shape.metrics)),
+        pa.array([r.get("units") or {} for r in records], STRING_MAP),
+        pa.array([r.get("flags") or [] for r in records], FLAGS),
+    ]
+    if others is not None:
+        arrays.append(pa.array(others, STRING_MAP))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
@@ -166,8 +144,8 @@ def write_partition(
     step: Step = lambda _name: None,
 ) -> Written:
     """Write `previous` (a partition's earlier Parquet file, if any) and then every line of
-    `segments` to `tmp`, fsynced. `step("write")` is called after each batch written (it may
-    raise to stop the write; `tmp` is then left incomplete, for the caller to remove).
+    `segments` to `tmp`, fsynced. `step("write")` is called after each row group written (it
+    may raise to stop the write; `tmp` is then left incomplete, for the caller to remove).
 
     CompactionError("invalid_line") names the first line that is not a reading;
     CompactionError("invalid_parquet") an earlier file that cannot be read.
@@ -187,16 +165,14 @@ def write_partition(
         shape.add(scan(open_segment, stem))
     schema = shape.schema(covered)
     with open(tmp, "wb") as raw:
-        out = _Output(raw, schema, batch_rows, step)
+        out = _Output(raw, shape, schema, batch_rows, step)
         try:
             if previous is not None:
                 for batch in _previous_batches(previous, batch_rows):
                     out.put(_conform(batch, schema))
-            columns = _Columns(shape)
             for stem in segments:
-                out.written.input_bytes += out.convert(open_segment, stem, columns)
-            if len(columns):
-                out.put(_batch(columns, schema, stem="(last batch)"))
+                out.written.input_bytes += out.convert(open_segment, stem)
+            out.flush()
         finally:
             out.writer.close()
         raw.flush()
@@ -207,44 +183,62 @@ def write_partition(
 
 
 class _Output:
-    """The Parquet writer of one file, and what went into it."""
+    """The Parquet writer of one file: batches gathered into row groups of `batch_rows`."""
 
-    def __init__(self, raw: BinaryIO, schema: pa.Schema, batch_rows: int, step: Step) -> None:
+    def __init__(
+        self, raw: BinaryIO, shape: Shape, schema: pa.Schema, batch_rows: int, step: Step
+    ) -> None:
+        self.shape = shape
         self.schema = schema
         self.batch_rows = batch_rows
         self.step = step
         self.written = Written()
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
         self.writer = pq.ParquetWriter(
             raw, schema, compression="zstd", compression_level=ZSTD_LEVEL, use_dictionary=True
         )
 
     def put(self, batch: pa.RecordBatch) -> None:
-        self.writer.write_batch(batch, row_group_size=self.batch_rows)
-        self.written.rows += len(batch)
+        self.pending.append(batch)
+        self.pending_rows += len(batch)
+        if self.pending_rows >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending_rows:
+            return
+        table = pa.Table.from_batches(self.pending, schema=self.schema)
+        self.pending, self.pending_rows = [], 0
+        self.writer.write_table(table, row_group_size=len(table))
+        self.written.rows += len(table)
         self.step("write")
 
-    def convert(self, open_segment: OpenSegment, stem: str, columns: _Columns) -> int:
-        """Pass two for one segment: lines into `columns`, a batch out whenever it is full."""
+    def convert(self, open_segment: OpenSegment, stem: str) -> int:
+        """Pass two for one segment; returns the bytes read."""
         loads = orjson.loads
         size = 0
+        chunk: list[Record] = []
+        first = 1
         for number, line in _lines(open_segment, stem):
             size += len(line)
             try:
-                columns.add(loads(line))
-            except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-                raise _invalid(stem, number, exc) from exc
-            if len(columns) >= self.batch_rows:
-                self.put(_batch(columns, self.schema, stem))
+                chunk.append(loads(line))
+            except orjson.JSONDecodeError as exc:
+                raise _invalid(stem, f"line {number}", exc) from exc
+            if len(chunk) >= CHUNK_ROWS:
+                self._put_chunk(chunk, stem, f"lines {first}-{number}")
+                chunk, first = [], number + 1
+        if chunk:
+            self._put_chunk(chunk, stem, f"lines {first}-")
         return size
 
-
-def _batch(columns: _Columns, schema: pa.Schema, stem: str) -> pa.RecordBatch:
-    try:
-        return columns.batch(schema)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise CompactionError("invalid_line", f"segment {stem}: {exc}") from exc
-    finally:
-        columns.clear()
+    def _put_chunk(self, chunk: list[Record], stem: str, where: str) -> None:
+        try:
+            batch = to_batch(chunk, self.shape, self.schema)
+        except (KeyError, TypeError, AttributeError, pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise _invalid(stem, where, exc) from exc
+        self.put(batch)
 
 
 def _previous_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -21,21 +21,19 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from gateway.columnar.reader import covered_segments, read_schema
 from gateway.columnar.schema import Shape, shape_of
 from gateway.columnar.writer import Written, write_partition
 from gateway.compaction.partitions import PARQUET_TMP_NAME, Partition, open_segment
+from gateway.compaction.steps import Step, no_step
 from gateway.config import CompactionConfig
 from gateway.errors import CompactionError, CompactionErrorReason
 from gateway.sinks.segment import fsync_dir
 
 log = logging.getLogger(__name__)
 
-Step = Callable[[str], None]
-STEPS = ("write", "fsync", "rename", "fsync_dir", "delete")
 
 _REASONS: dict[int, CompactionErrorReason] = {
     errno.ENOSPC: "no_space",
@@ -44,10 +42,6 @@ _REASONS: dict[int, CompactionErrorReason] = {
     errno.EPERM: "permission",
     errno.EROFS: "read_only",
 }
-
-
-def _no_step(_name: str) -> None:
-    return None
 
 
 @dataclass(slots=True)
@@ -84,7 +78,7 @@ def compact_partition(
     *,
     keep_jsonl: bool,
     base: Shape | None = None,
-    step: Step = _no_step,
+    step: Step = no_step,
 ) -> Compacted:
     """Write the partition's sealed segments (and its earlier Parquet file) to one Parquet file,
     then delete the segments it holds. Blocking: run in a thread, under the tree lock."""
@@ -140,7 +134,7 @@ def compact_due(
     *,
     keep_jsonl: bool,
     now: float,
-    step: Step = _no_step,
+    step: Step = no_step,
 ) -> PassResult:
     """Compact every partition due (hour + grace past, nothing open). Blocking, under the lock.
 
