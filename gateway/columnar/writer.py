@@ -26,8 +26,8 @@ from gateway.errors import CompactionError
 
 ZSTD_LEVEL = 3  # zstd's own default
 # Lines decoded to Python objects at once: a column is then one list comprehension and one
-# pa.array() call (per row, Python code costs ~10x more); ~8 MB of dicts at a time.
-CHUNK_ROWS = 8192
+# pa.array() call (per row, Python code costs ~10x more); ~10 MB of decoded lines at a time.
+CHUNK_ROWS = 2048
 FLAGS = pa.list_(pa.string())
 
 OpenSegment = Callable[[str], AbstractContextManager[IO[bytes]]]
