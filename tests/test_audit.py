@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import audit, format_table, main_audit
+from gateway.compaction.maintenance import Maintenance
+from gateway.config import CompactionConfig, RetentionConfig
 from gateway.manifest import (
     DeviceRecord,
     FaultRecord,
@@ -17,6 +19,7 @@ from gateway.manifest import (
     payload_digest,
     write_manifest,
 )
+from gateway.metrics import Registry, StorageMetrics
 from gateway.model import Reading, Rejection
 
 TS = 1_795_600_000.0
@@ -312,3 +315,27 @@ def test_json_output_is_machine_readable(
 
 def test_a_missing_manifest_fails(tmp_path: Path) -> None:
     assert main_audit(["--manifest", str(tmp_path / "nope"), "--data-dir", str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("fmt", ["json", "senml"])
+@pytest.mark.parametrize("keep_jsonl", [False, True])
+def test_compacted_partitions_are_read_from_parquet_and_counted_once(
+    tmp_path: Path, fmt: str, keep_jsonl: bool
+) -> None:
+    """By (device, seq) or by metric values; with the JSON Lines kept beside the file too."""
+    run = write_run(tmp_path, fmt)
+    Maintenance(
+        run.data_dir,
+        CompactionConfig(),
+        RetentionConfig(keep_jsonl=keep_jsonl),
+        StorageMetrics(Registry()),
+    ).run_pass(now=TS + 86400)
+    assert (run.segment.parent / "readings.parquet").exists()
+    assert run.segment.exists() == keep_jsonl
+    report = audit(run.manifest, run.data_dir)
+    assert report.ok
+    assert (report.parquet_files, report.data_files) == (1, 1)
+    t = report.total
+    expected = 28 if fmt == "json" else 28 * 2
+    assert (t.expected, t.found, t.missing, t.duplicated) == (expected, expected, 0, 0)
+    assert report.data_lines == 28
