@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -91,7 +90,7 @@ def main_compact(argv: list[str]) -> int:
 
 
 def _print(report: Report, as_json: bool) -> None:
-    summary = report.compaction or {}
+    summary = report.compaction or {"compacted": [], "errors": [], "lag_s": 0.0}
     kept = {
         sink: {"deleted": k.deleted, "bytes": k.size_bytes}
         for sink, k in (("files", report.data), ("dead_letter", report.dead_letter))
@@ -100,19 +99,27 @@ def _print(report: Report, as_json: bool) -> None:
     if as_json:
         print(json.dumps({**summary, "retention": kept}, indent=1))
         return
-    for item in summary.get("compacted", []):
+    for item in summary["compacted"]:
         print(
             f"{item['partition']}: {item['rows']:,} readings, {item['jsonl_bytes']:,} -> "
             f"{item['parquet_bytes']:,} bytes, {item['jsonl_deleted']} JSON Lines files "
             f"deleted, {item['seconds']}s"
         )
-    for item in summary.get("errors", []):
+    for item in summary["errors"]:
         print(f"{item['partition']}: NOT compacted ({item['reason']}): {item['detail']}")
     sizes = ", ".join(f"{sink} {k['bytes']:,} bytes" for sink, k in kept.items())
     print(
-        f"{len(summary.get('compacted', []))} partitions compacted, "
-        f"{len(summary.get('errors', []))} failed" + (f"; {sizes}" if sizes else "")
+        f"{len(summary['compacted'])} partitions compacted, "
+        f"{len(summary['errors'])} failed" + (f"; {sizes}" if sizes else "")
     )
+
+
+def post_seal(url: str, timeout_s: float = 60) -> dict[str, int]:
+    """POST <url>/seal to a running gateway (or supervisor): segments sealed, per sink."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/seal", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
+        sealed = json.loads(response.read())["sealed"]
+    return {str(sink): int(count) for sink, count in sealed.items()}
 
 
 def main_seal(argv: list[str]) -> int:
@@ -124,12 +131,10 @@ def main_seal(argv: list[str]) -> int:
         "--url", default="http://127.0.0.1:9108", help="the gateway's metrics address"
     )
     args = parser.parse_args(argv)
-    request = urllib.request.Request(f"{args.url.rstrip('/')}/seal", method="POST", data=b"")
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            body = response.read().decode()
-    except (urllib.error.URLError, OSError) as exc:
+        sealed = post_seal(args.url)
+    except (OSError, ValueError, KeyError) as exc:
         print(f"gateway seal: {args.url}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    print(body)
+    print(json.dumps({"sealed": sealed}))
     return EXIT_OK

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import multiprocessing
 import os
@@ -24,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 
+from gateway.commands import post_seal
 from gateway.config import GatewayConfig
 from gateway.http import HttpServer
 from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
@@ -88,13 +88,6 @@ def _get(url: str) -> tuple[int, str]:
         return exc.code, ""
     except OSError:
         return 0, ""
-
-
-def _post_seal(url: str) -> dict[str, int]:
-    request = urllib.request.Request(url, method="POST", data=b"")
-    with urllib.request.urlopen(request, timeout=30) as resp:
-        sealed = json.loads(resp.read())["sealed"]
-    return {str(sink): int(count) for sink, count in sealed.items()}
 
 
 class Supervisor:
@@ -191,9 +184,7 @@ class Supervisor:
     async def _seal(self) -> dict[str, int]:
         """POST /seal: every running worker seals its open segments; the counts summed."""
         running = [w for w in self._workers if w.restart_at is None and w.process is not None]
-        answers = await asyncio.gather(
-            *(asyncio.to_thread(_post_seal, f"{w.url}/seal") for w in running)
-        )
+        answers = await asyncio.gather(*(asyncio.to_thread(post_seal, w.url) for w in running))
         total: dict[str, int] = {}
         for answer in answers:
             for sink, count in answer.items():

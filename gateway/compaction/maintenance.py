@@ -239,6 +239,8 @@ class Maintenance:
             *self.child_argv(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE
         )
         try:
+            # No deadline: a first pass over weeks of JSON Lines may rightly take hours. It
+            # holds nothing the gateway waits for, and stops with the gateway.
             out, _ = await proc.communicate()
         except asyncio.CancelledError:
             # Stopping: a kill at any step is safe, and the next pass finishes the job.
