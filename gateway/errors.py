@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Literal, get_args
 
 # Why a message or reading was dead-lettered. A fixed set: these become metric labels.
@@ -104,3 +105,17 @@ class CompactionError(GatewayError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+_COMPACTION_ERRNO: dict[int, CompactionErrorReason] = {
+    errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.EROFS: "read_only",
+}
+
+
+def compaction_error(exc: OSError) -> CompactionError:
+    """An OSError met while compacting or deleting, as a CompactionError of our reason set."""
+    return CompactionError(_COMPACTION_ERRNO.get(exc.errno or 0, "io_error"), str(exc))

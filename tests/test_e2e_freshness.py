@@ -15,7 +15,7 @@ import duckdb
 
 from gateway import Gateway
 from gateway.audit import audit
-from gateway.compaction.partitions import PARQUET_NAME
+from gateway.compaction.partitions import LOCK_NAME, PARQUET_NAME
 from gateway.config import FilesConfig
 from tests.support.broker import Broker
 from tests.support.gateway import fleet, make_config, reading_payload, running, topic
@@ -130,3 +130,24 @@ async def test_a_running_gateway_compacts_a_closed_partition_to_parquet(
     assert value(samples, "gateway_compaction_lag_seconds") == 0
     assert value(samples, "gateway_disk_bytes", sink="files") > 0
     assert value(samples, "gateway_compaction_compression_ratio") > 1
+
+
+async def test_a_failing_maintenance_pass_never_stops_ingest(
+    broker: Broker, tmp_path: Path, unique: str
+) -> None:
+    """Compaction and retention failing (here: the lock file cannot be opened) are counted and
+    logged; readings keep being stored and acked."""
+    config = make_config(broker, tmp_path, unique, compaction={"interval_s": 0.2})
+    data = config.files.data_dir
+    (data / LOCK_NAME).mkdir(parents=True)  # a directory where the lock file must be
+    gateway = Gateway(config)
+    async with running(gateway):
+
+        async def failed() -> bool:
+            return value(await scrape(gateway.http_url), "gateway_compaction_errors_total",
+                         reason="io_error") >= 2  # fmt: skip
+
+        await eventually(failed, message="maintenance failed twice, and goes on")
+        await publish(broker.host, broker.port, fleet(unique, DEVICES, PER_DEVICE))
+        await eventually(lambda: written(gateway) == DEVICES * PER_DEVICE, message="written")
+        assert gateway.ready

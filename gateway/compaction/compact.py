@@ -16,7 +16,6 @@ readings) into a new file that replaces it.
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import os
@@ -29,19 +28,10 @@ from gateway.columnar.writer import Written, write_partition
 from gateway.compaction.partitions import PARQUET_TMP_NAME, Partition, open_segment
 from gateway.compaction.steps import Step, no_step
 from gateway.config import CompactionConfig
-from gateway.errors import CompactionError, CompactionErrorReason
+from gateway.errors import CompactionError, compaction_error
 from gateway.sinks.segment import fsync_dir
 
 log = logging.getLogger(__name__)
-
-
-_REASONS: dict[int, CompactionErrorReason] = {
-    errno.ENOSPC: "no_space",
-    errno.EDQUOT: "no_space",
-    errno.EACCES: "permission",
-    errno.EPERM: "permission",
-    errno.EROFS: "read_only",
-}
 
 
 @dataclass(slots=True)
@@ -60,10 +50,6 @@ class PassResult:
     compacted: list[tuple[Partition, Compacted]] = field(default_factory=list)
     errors: list[tuple[Partition, CompactionError]] = field(default_factory=list)
     lag_s: float = 0.0
-
-
-def error_of(exc: OSError) -> CompactionError:
-    return CompactionError(_REASONS.get(exc.errno or 0, "io_error"), str(exc))
 
 
 def pending(partition: Partition) -> list[str]:
@@ -160,7 +146,7 @@ def compact_due(
         except CompactionError as exc:
             result.errors.append((partition, exc))
         except OSError as exc:
-            result.errors.append((partition, error_of(exc)))
+            result.errors.append((partition, compaction_error(exc)))
         else:
             result.compacted.append((partition, compacted))
             if compacted.written is not None and compacted.written.shape is not None:

@@ -36,7 +36,7 @@ from gateway.compaction.partitions import (
 from gateway.compaction.retention import Kept, apply_limits
 from gateway.compaction.steps import Step, no_step
 from gateway.config import CompactionConfig, LoggingConfig, RetentionConfig
-from gateway.errors import COMPACTION_ERROR_REASONS, GatewayError
+from gateway.errors import COMPACTION_ERROR_REASONS, GatewayError, compaction_error
 from gateway.metrics import StorageMetrics
 
 if TYPE_CHECKING:
@@ -191,15 +191,27 @@ class Maintenance:
         """Every interval_s until cancelled: compaction in a child when something changed,
         then retention."""
         while True:
-            now = time.time()
-            if await asyncio.to_thread(self._compaction_wanted, now):
-                await self._compact_in_child()
-                self._seen = await asyncio.to_thread(self._due_signatures, time.time())
-            else:
-                lag, measured = self._lag
-                self._metrics.lag.set(lag + (now - measured) if lag else 0.0)
-            await asyncio.to_thread(self.apply_retention, now=now)
+            try:
+                await self._pass(time.time())
+            except OSError as exc:
+                # The files are safe whatever failed here; ingest goes on, the next pass retries.
+                self._retry = True
+                error = compaction_error(exc)
+                self._metrics.errors[error.reason].inc()
+                if self._warned.get("") != error.reason:
+                    self._warned[""] = error.reason
+                    log.warning("maintenance pass failed (%s): %s", error.reason, error.detail)
             await asyncio.sleep(self._compaction.interval_s)
+
+    async def _pass(self, now: float) -> None:
+        if await asyncio.to_thread(self._compaction_wanted, now):
+            await self._compact_in_child()
+            self._seen = await asyncio.to_thread(self._due_signatures, time.time())
+        else:
+            lag, measured = self._lag
+            self._metrics.lag.set(lag + (now - measured) if lag else 0.0)
+        await asyncio.to_thread(self.apply_retention, now=now)
+        self._warned.pop("", None)
 
     def _due_signatures(self, now: float) -> dict[str, tuple[object, ...]]:
         if not self._data_dir.is_dir():
