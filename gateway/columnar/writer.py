@@ -3,8 +3,8 @@
 Two passes over the segments: the first finds the partition's columns (a Parquet schema is fixed
 before the first row), the second decodes `CHUNK_ROWS` lines at a time into Arrow arrays and
 writes a row group whenever `batch_rows` rows are ready. Memory holds one chunk of decoded lines
-and one row group of Arrow arrays, whatever the size of the partition. Blocking: run it in a
-thread.
+and one row group of Arrow arrays, whatever the size of the partition. Blocking; it runs in the
+`gateway compact` process, never in the gateway's.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ readings) into a new file that replaces it.
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,8 +29,6 @@ from gateway.compaction.steps import Step, no_step
 from gateway.config import CompactionConfig
 from gateway.errors import CompactionError, compaction_error
 from gateway.sinks.segment import fsync_dir
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -67,7 +64,8 @@ def compact_partition(
     step: Step = no_step,
 ) -> Compacted:
     """Write the partition's sealed segments (and its earlier Parquet file) to one Parquet file,
-    then delete the segments it holds. Blocking: run in a thread, under the tree lock."""
+    then delete the segments it holds. Blocking (in the `gateway compact` process), under the
+    tree lock."""
     started = time.perf_counter()
     directory = partition.directory
     tmp = directory / PARQUET_TMP_NAME
