@@ -312,7 +312,7 @@ class _Auditor:
         self._count(device_id, obj.get("seq"), values, in_open)
 
     def _count(self, device_id: object, seq: object, values: int, in_open: bool) -> None:
-        slot = self.index.get(device_id)  # type: ignore[arg-type]
+        slot = self.index.get(device_id) if isinstance(device_id, str) else None
         if slot is None:
             self.unknown_device_lines += 1
             return

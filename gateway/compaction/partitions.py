@@ -152,8 +152,12 @@ def open_segment(directory: Path, stem: str) -> Iterator[IO[bytes]]:
             raw = path.open("rb")
         except FileNotFoundError:
             continue
-        with raw, gzip.GzipFile(fileobj=raw) if suffix == GZIP_SUFFIX else raw as source:
-            yield source
+        with raw:
+            if suffix == GZIP_SUFFIX:
+                with gzip.GzipFile(fileobj=raw) as unpacked:
+                    yield unpacked  # type: ignore[misc]  # a GzipFile reads bytes like IO[bytes]
+            else:
+                yield raw
         return
     raise FileNotFoundError(f"segment {stem} in {directory}: neither {SEALED_SUFFIX} nor .gz")
 
