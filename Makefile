@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: help install system-deps test lint run demo bench clean
+.PHONY: help install system-deps test lint run demo bench bench-compaction clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -35,6 +35,9 @@ run: system-deps install ## run the gateway against a local Mosquitto on 127.0.0
 
 bench: system-deps install ## gateway vs mosquitto_sub: throughput, latency, memory, scale-out (~9 min; BENCH_ARGS=--quick)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+bench-compaction: install ## compact 1M readings to Parquet: seconds, peak RSS, bytes before and after (~1 min)
+	$(BIN)/python -m benchmarks.compaction
 
 clean:
 	rm -rf $(VENV) data demo-data .pytest_cache .ruff_cache

@@ -16,10 +16,11 @@ from collections.abc import Sequence
 from gateway._version import __version__
 from gateway.admit import Admission
 from gateway.channel import Channel
+from gateway.compaction.maintenance import Maintenance
 from gateway.config import GatewayConfig
 from gateway.errors import ConfigError
 from gateway.http import HttpServer
-from gateway.metrics import GatewayMetrics, Registry
+from gateway.metrics import GatewayMetrics, Registry, StorageMetrics
 from gateway.model import Reading, Rejection
 from gateway.sensor_values import SensorValues
 from gateway.sinks.dead_letter import DeadLetterSink
@@ -72,7 +73,17 @@ class Gateway:
         self._files = FileSink(config.files, client_id, m, on_durable)
         self._dead_letter = DeadLetterSink(config.dead_letter, config.files, client_id, m)
         self._source: MqttSource | None = None
-        self._http = HttpServer(config.http, self.registry, self.checks)
+        self._http = HttpServer(config.http, self.registry, self.checks, seal=self.seal)
+        self.storage = StorageMetrics(self.registry)
+        self._maintenance: Maintenance | None = None
+        if config.compaction.enabled:
+            self._maintenance = Maintenance(
+                config.files.data_dir,
+                config.compaction,
+                config.retention,
+                self.storage,
+                config.logging,
+            )
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
 
@@ -104,6 +115,13 @@ class Gateway:
         """Ask run() to drain and return (safe to call from a signal handler)."""
         self._stop.set()
 
+    async def seal(self) -> dict[str, int]:
+        """Seal every open segment now (POST /seal, `gateway seal`); how many, per sink."""
+        files, dead_letter = await asyncio.gather(
+            self._files.seal_now(), self._dead_letter.seal_now()
+        )
+        return {"files": files, "dead_letter": dead_letter}
+
     # -- the topology ----------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -131,11 +149,16 @@ class Gateway:
                     tg.create_task(self._files.run(self._store), name="sink.files"),
                     tg.create_task(self._dead_letter.run(self._rejects), name="sink.dead_letter"),
                 ]
+                upkeep = None
+                if self._maintenance is not None:
+                    upkeep = tg.create_task(self._maintenance.run(), name="files.maintenance")
                 self.started.set()
                 await self._stop.wait()
                 await self._drain(workers, sinks)
                 await self._source.close()
                 await source
+                if upkeep is not None:
+                    upkeep.cancel()
         finally:
             await self._http.stop()
 

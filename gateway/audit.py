@@ -1,9 +1,12 @@
 """audit: compare a simulator manifest with what the gateway stored, and say what was lost.
 
-Streams every sealed data segment under `data_dir` (`*.jsonl`, `*.jsonl.gz`; never `*.open`,
-never the `dead-letter/` subtree) and every dead-letter file under `data_dir/dead-letter/`, line
-by line. Memory is one byte per sent sequence number per device (a counter, not a set), plus the
-faults of the manifest.
+Streams every data partition under `data_dir` — its Parquet file, then the segments that file
+does not hold (`*.jsonl`, `*.jsonl.gz`), then the complete lines of segments still open
+(`*.jsonl.open`, reported apart: stored and acked, not yet visible to readers that skip them) —
+and every dead-letter file under `data_dir/dead-letter/` the same way, holding the data
+directory's shared lock so that compaction and retention wait until it is done. Memory is one
+byte per sent sequence number per device (a counter, not a set), plus the faults of the
+manifest.
 
 Keyed by (device_id, seq) for formats whose readings carry seq (json, json_batch); SenML and bare
 values carry none, so for them only the number of metric values per device is compared.
@@ -18,18 +21,28 @@ import argparse
 import base64
 import binascii
 import bisect
-import gzip
+import contextlib
 import json
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
+from gateway.compaction.partitions import (
+    Partition,
+    dead_letter_partitions,
+    hour_partitions,
+    open_segment,
+    tree_lock,
+)
+from gateway.errors import CompactionError
 from gateway.manifest import DeviceRecord, iter_devices, payload_digest, read_header
+from gateway.sinks.dead_letter import DEAD_LETTER_DIR
+from gateway.sinks.segment import OPEN_SUFFIX
 
-DEAD_LETTER_DIR = "dead-letter"
+__all__ = ["DEAD_LETTER_DIR", "AuditReport", "DeviceAudit", "audit", "format_table", "main_audit"]
 # Per device, at most this many runs of missing seqs are listed (all are counted).
 MAX_MISSING_RUNS = 8
 MAX_WRONG_REASONS = 100
@@ -53,6 +66,7 @@ class DeviceAudit:
     faults_missing: int = 0
     faults_wrong_reason: int = 0
     dead_lettered_valid: int = 0  # valid readings found in the dead-letter files instead
+    in_open: int = 0  # found readings seen in open segments (stored; not yet sealed)
     missing_seqs: list[tuple[int, int]] = field(default_factory=list)
 
     @property
@@ -76,6 +90,7 @@ class DeviceAudit:
             "faults_missing",
             "faults_wrong_reason",
             "dead_lettered_valid",
+            "in_open",
         ):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
@@ -106,6 +121,8 @@ class AuditReport:
     dead_letter_repeats: int  # a fault's record seen again (a redelivery): allowed
     data_files: int
     data_lines: int
+    parquet_files: int
+    open_files: int
     dead_letter_files: int
     dead_letter_records: int
     bad_lines: int
@@ -128,6 +145,8 @@ class AuditReport:
             "files": {
                 "data": self.data_files,
                 "data_lines": self.data_lines,
+                "parquet": self.parquet_files,
+                "open": self.open_files,
                 "dead_letter": self.dead_letter_files,
                 "dead_letter_records": self.dead_letter_records,
                 "bad_lines": self.bad_lines,
@@ -152,6 +171,8 @@ class _Tally:
         "dead_lettered",
         "device_id",
         "metrics",
+        "open_seqs",
+        "open_values",
         "rejecting",
         "runs",
         "strays",
@@ -172,6 +193,8 @@ class _Tally:
         self.values = 0  # count mode: metric values found
         self.strays = 0  # seq mode: lines whose seq was not sent, or was a rejected fault
         self.dead_lettered = 0
+        self.open_seqs: set[int] | None = None  # seq mode: valid seqs seen in open segments
+        self.open_values = 0  # count mode: metric values found in open segments
 
     def sent(self, seq: int) -> bool:
         runs = self.runs
@@ -182,38 +205,24 @@ class _Tally:
         return isinstance(seq, int) and self.sent(seq) and seq not in self.rejecting
 
 
-def _open_lines(path: Path) -> Iterator[str]:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace") as src:
-        yield from src
+@contextlib.contextmanager
+def _open_or_sealed(partition: Partition, stem: str) -> Iterator[IO[bytes]]:
+    """An open segment's bytes; if it was sealed since the listing, the sealed file's."""
+    try:
+        source = (partition.directory / f"{stem}{OPEN_SUFFIX}").open("rb")
+    except FileNotFoundError:
+        with open_segment(partition.directory, stem) as sealed:
+            yield sealed
+        return
+    with source:
+        yield source
 
 
-def data_files(data_dir: Path) -> Iterator[Path]:
-    """Sealed segments, in a stable order; skips `.open`, temp files and `dead-letter/`.
-
-    Only the gateway's `date=...` partitions are read, so other files beside them (a manifest,
-    say) are never mistaken for data.
-    """
-    for root, dirs, found in os.walk(data_dir):
-        files = found
-        if Path(root) == data_dir:
-            dirs[:] = [d for d in dirs if d.startswith("date=")]
-            files = []
-        dirs.sort()
-        names = set(files)
-        for name in sorted(files):
-            if name.endswith(".jsonl.gz"):
-                yield Path(root, name)
-            elif name.endswith(".jsonl") and name + ".gz" not in names:
-                # Both exist only after a crash mid-gzip; the .gz is complete and recovery
-                # deletes the .jsonl, so reading both would count every line twice.
-                yield Path(root, name)
-
-
-def dead_letter_files(data_dir: Path) -> Iterator[Path]:
-    root = data_dir / DEAD_LETTER_DIR
-    if root.is_dir():
-        yield from data_files(root)
+def _complete_lines(source: IO[bytes]) -> Iterator[bytes]:
+    # The last line of an open segment may be a write in progress: only whole lines count.
+    for line in source:
+        if line.endswith(b"\n") and line.strip():
+            yield line
 
 
 @dataclass(slots=True)
@@ -242,6 +251,8 @@ class _Auditor:
         self.repeats = 0
         self.bad_lines = 0
         self.data_files = self.data_lines = self.dl_files = self.dl_records = 0
+        self.parquet_files = self.open_files = 0
+        self.notes: list[str] = []
 
     def load_manifest(self) -> None:
         for record in iter_devices(self.manifest):
@@ -256,54 +267,99 @@ class _Auditor:
                 self.faults_by_digest.setdefault(f.digest, []).append(fault)
 
     def read_data(self) -> None:
-        loads = json.loads
-        for path in data_files(self.data_dir):
-            self.data_files += 1
-            for line in _open_lines(path):
-                if not line.strip():
-                    continue
-                self.data_lines += 1
-                try:
-                    obj = loads(line)
-                    device_id = obj["device_id"]
-                except (ValueError, KeyError, TypeError):
-                    self.bad_lines += 1
-                    continue
-                slot = self.index.get(device_id)
-                if slot is None:
-                    self.unknown_device_lines += 1
-                    continue
-                tally = self.tallies[slot]
-                if not self.by_seq:
-                    metrics = obj.get("metrics")
-                    tally.values += len(metrics) if isinstance(metrics, dict) else 0
-                    continue
-                seq = obj.get("seq")
-                if not tally.is_valid(seq):
-                    tally.strays += 1
-                    continue
-                cell = seq - tally.base
-                if tally.counts[cell] < _SATURATED:
-                    tally.counts[cell] += 1
+        for partition in hour_partitions(self.data_dir):
+            covered = self._read_parquet(partition) if partition.parquet else frozenset()
+            for stem in sorted(partition.sealed.keys() - covered):
+                self.data_files += 1
+                with open_segment(partition.directory, stem) as source:
+                    for line in _complete_lines(source):
+                        self._data_line(line, in_open=False)
+            for stem in sorted(partition.open):
+                self.data_files += 1
+                self.open_files += 1
+                with _open_or_sealed(partition, stem) as source:
+                    for line in _complete_lines(source):
+                        self._data_line(line, in_open=True)
+
+    def _read_parquet(self, partition: Partition) -> frozenset[str]:
+        """Count the rows of a partition's Parquet file; return the segments it holds."""
+        # Here, not at the top: `gateway run` imports this module, and pyarrow stays out of it.
+        from gateway.columnar.reader import audit_rows, covered_segments  # noqa: PLC0415
+
+        path = partition.parquet_path
+        try:
+            covered = covered_segments(path)
+        except CompactionError as exc:
+            self.notes.append(f"{partition.name}: {exc.detail}; its JSON Lines were read instead")
+            return frozenset()
+        self.data_files += 1
+        self.parquet_files += 1
+        for device_id, seq, values in audit_rows(path):
+            self.data_lines += 1
+            self._count(device_id, seq, values, in_open=False)
+        return covered
+
+    def _data_line(self, line: bytes, in_open: bool) -> None:
+        self.data_lines += 1
+        try:
+            obj = json.loads(line)
+            device_id = obj["device_id"]
+            metrics = obj.get("metrics")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.bad_lines += 1
+            return
+        values = len(metrics) if isinstance(metrics, dict) else 0
+        self._count(device_id, obj.get("seq"), values, in_open)
+
+    def _count(self, device_id: object, seq: object, values: int, in_open: bool) -> None:
+        slot = self.index.get(device_id) if isinstance(device_id, str) else None
+        if slot is None:
+            self.unknown_device_lines += 1
+            return
+        tally = self.tallies[slot]
+        if not self.by_seq:
+            tally.values += values
+            if in_open:
+                tally.open_values += values
+            return
+        if not tally.is_valid(seq):
+            tally.strays += 1
+            return
+        assert isinstance(seq, int)
+        cell = seq - tally.base
+        if tally.counts[cell] < _SATURATED:
+            tally.counts[cell] += 1
+        if in_open:
+            if tally.open_seqs is None:
+                tally.open_seqs = set()
+            tally.open_seqs.add(seq)
 
     def read_dead_letter(self) -> None:
-        for path in dead_letter_files(self.data_dir):
-            self.dl_files += 1
-            for line in _open_lines(path):
-                if not line.strip():
-                    continue
-                self.dl_records += 1
-                try:
-                    record = json.loads(line)
-                    reason = str(record["reason"])
-                    payload = _payload_bytes(record)
-                except (ValueError, KeyError, TypeError, binascii.Error):
-                    self.bad_lines += 1
-                    continue
-                if record.get("payload_truncated"):
-                    self._match_truncated(reason, int(record.get("payload_bytes", -1)))
-                else:
-                    self._match(reason, payload)
+        for partition in dead_letter_partitions(self.data_dir):
+            for stem in sorted(partition.sealed):
+                self.dl_files += 1
+                with open_segment(partition.directory, stem) as source:
+                    for line in _complete_lines(source):
+                        self._dead_letter_line(line)
+            for stem in sorted(partition.open):
+                self.dl_files += 1
+                with _open_or_sealed(partition, stem) as source:
+                    for line in _complete_lines(source):
+                        self._dead_letter_line(line)
+
+    def _dead_letter_line(self, line: bytes) -> None:
+        self.dl_records += 1
+        try:
+            record = json.loads(line)
+            reason = str(record["reason"])
+            payload = _payload_bytes(record)
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            self.bad_lines += 1
+            return
+        if record.get("payload_truncated"):
+            self._match_truncated(reason, int(record.get("payload_bytes", -1)))
+        else:
+            self._match(reason, payload)
 
     def _match(self, reason: str, payload: bytes) -> None:
         candidates = self.faults_by_digest.get(payload_digest(payload))
@@ -379,7 +435,13 @@ class _Auditor:
                     result.faults_missing += 1
             devices.append(result)
             total.add(result)
-        notes = []
+        notes = list(self.notes)
+        if total.in_open:
+            notes.append(
+                f"{total.in_open:,} of the readings found are in open segments (stored and "
+                "acked; readers that skip *.open files see them once sealed, within "
+                "files.rotate_age_s, or now with `gateway seal`)"
+            )
         if not self.by_seq:
             notes.append(
                 f"format {self.header.format} carries no seq: compared the number of metric "
@@ -408,6 +470,8 @@ class _Auditor:
             dead_letter_repeats=self.repeats,
             data_files=self.data_files,
             data_lines=self.data_lines,
+            parquet_files=self.parquet_files,
+            open_files=self.open_files,
             dead_letter_files=self.dl_files,
             dead_letter_records=self.dl_records,
             bad_lines=self.bad_lines,
@@ -416,6 +480,7 @@ class _Auditor:
 
     def _device_result(self, tally: _Tally) -> DeviceAudit:
         result = DeviceAudit(tally.device_id, dead_lettered_valid=tally.dead_lettered)
+        result.in_open = len(tally.open_seqs or ()) if self.by_seq else tally.open_values
         if not self.by_seq:
             result.expected = tally.valid * tally.metrics
             result.found = min(tally.values, result.expected)
@@ -457,8 +522,10 @@ def audit(manifest_path: Path, data_dir: Path) -> AuditReport:
     """Compare what the manifest says was sent with what `data_dir` holds."""
     auditor = _Auditor(Path(manifest_path), Path(data_dir))
     auditor.load_manifest()
-    auditor.read_data()
-    auditor.read_dead_letter()
+    # Shared: compaction and retention (exclusive) wait, so no file moves while it is read.
+    with tree_lock(auditor.data_dir, exclusive=False, wait=True):
+        auditor.read_data()
+        auditor.read_dead_letter()
     return auditor.report()
 
 
@@ -499,7 +566,8 @@ def format_table(report: AuditReport) -> str:
     lines.append(row(report.total))
     lines.append(
         f"({len(report.devices):,} devices, {len(report.devices) - len(troubled):,} clean; "
-        f"{report.data_files:,} data files, {report.data_lines:,} lines; "
+        f"{report.data_files:,} data files ({report.parquet_files:,} Parquet, "
+        f"{report.open_files:,} open), {report.data_lines:,} lines; "
         f"{report.dead_letter_files:,} dead-letter files, {report.dead_letter_records:,} records)"
     )
     for d in troubled[:MAX_TABLE_ROWS]:

@@ -15,6 +15,7 @@ from typing import Any
 from gateway._version import __version__
 from gateway.app import Gateway
 from gateway.audit import main_audit
+from gateway.commands import main_compact, main_seal
 from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
 from gateway.demo import main_demo
 from gateway.errors import ConfigError
@@ -70,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("audit", help="compare a simulator manifest with the files", add_help=False)
     sub.add_parser("top", help="live view of a running gateway's metrics", add_help=False)
+    sub.add_parser("compact", help="compact closed partitions to Parquet, once", add_help=False)
+    sub.add_parser("seal", help="seal a running gateway's open segments now", add_help=False)
     return parser
 
 
@@ -128,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         return main_demo(argv[1:])
     if argv[:1] == ["audit"]:
         return main_audit(argv[1:])
+    if argv[:1] == ["compact"]:
+        return main_compact(argv[1:])
+    if argv[:1] == ["seal"]:
+        return main_seal(argv[1:])
     if argv[:1] == ["top"]:
         # Imported here so that rich is loaded only for this command, not in every worker.
         from gateway.top import main_top  # noqa: PLC0415

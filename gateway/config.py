@@ -290,7 +290,12 @@ class FilesConfig(_Part):
     fsync_interval_s: float = Field(1.0, gt=0, description="fsync period for fsync = 'interval'.")
     max_batch: int = Field(2000, ge=1, description="Most readings in one group commit.")
     rotate_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Seal a segment at this size.")
-    rotate_age_s: float = Field(300.0, gt=0, description="Seal a segment this old.")
+    rotate_age_s: float = Field(
+        60.0,
+        gt=0,
+        description="Seal a segment this old: readers that skip .open files see a reading within "
+        "this time.",
+    )
     max_open_segments: int = Field(
         8, ge=1, description="Partitions written at once; the least recent is sealed."
     )
@@ -359,6 +364,46 @@ class SensorValuesConfig(_Part):
         return value
 
 
+class CompactionConfig(_Part):
+    """Closed hour partitions compacted to one Parquet file each (see README "Compaction")."""
+
+    enabled: bool = Field(
+        True, description="Run compaction (and retention) in the gateway in the background."
+    )
+    interval_s: float = Field(60.0, gt=0, description="How often to look for closed partitions.")
+    grace_s: float = Field(
+        300.0,
+        ge=0,
+        description="An hour partition is compacted once the hour plus this much is past (and "
+        "every segment in it is sealed); late readings after that are merged in later.",
+    )
+    batch_rows: int = Field(
+        65536, ge=1024, description="Rows per record batch and Parquet row group."
+    )
+
+
+class RetentionConfig(_Part):
+    """What is kept on disk: JSON Lines after compaction, and age and size budgets."""
+
+    keep_jsonl: bool = Field(
+        False,
+        description="Keep a partition's JSON Lines segments after its Parquet file is durable "
+        "(readers and the audit then count the Parquet rows once).",
+    )
+    max_age_s: float = Field(
+        0.0, ge=0, description="Delete data partitions whose hour ended this long ago; 0 = keep."
+    )
+    max_bytes: int = Field(
+        0, ge=0, description="Delete the oldest closed data partitions past this size; 0 = none."
+    )
+    dead_letter_max_age_s: float = Field(
+        0.0, ge=0, description="Delete dead-letter days that ended this long ago; 0 = keep."
+    )
+    dead_letter_max_bytes: int = Field(
+        0, ge=0, description="Delete the oldest dead-letter days past this size; 0 = none."
+    )
+
+
 class GatewayConfig(BaseSettings):
     """Everything the gateway needs; defaults alone run against a local broker."""
 
@@ -383,6 +428,12 @@ class GatewayConfig(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         30.0, gt=0, description="On SIGTERM, time to drain and seal before giving up."
+    )
+    compaction: CompactionConfig = Field(
+        default_factory=CompactionConfig, description="Closed partitions to Parquet."
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, description="What is kept on disk."
     )
 
     @model_validator(mode="after")

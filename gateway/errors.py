@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from typing import Literal, get_args
 
 # Why a message or reading was dead-lettered. A fixed set: these become metric labels.
@@ -32,6 +33,23 @@ DROP_REASONS: tuple[str, ...] = get_args(DropReason)
 # Why a write to disk failed; derived from errno, never from library text.
 WriteErrorReason = Literal["no_space", "permission", "read_only", "not_a_directory", "io_error"]
 WRITE_ERROR_REASONS: tuple[str, ...] = get_args(WriteErrorReason)
+
+# Why compacting a partition failed (its JSON Lines stay; the next pass tries again).
+# process_failed: the compaction process ended without a result (killed, out of memory).
+CompactionErrorReason = Literal[
+    "invalid_line",
+    "invalid_parquet",
+    "no_space",
+    "permission",
+    "read_only",
+    "io_error",
+    "process_failed",
+]
+COMPACTION_ERROR_REASONS: tuple[str, ...] = get_args(CompactionErrorReason)
+
+# Why files were deleted: their readings are in Parquet now, or a retention limit.
+DeleteReason = Literal["compacted", "max_age", "max_bytes"]
+DELETE_REASONS: tuple[str, ...] = get_args(DeleteReason)
 
 
 # Why a connection attempt failed or a session ended without us asking; counted, so a fixed set.
@@ -109,3 +127,26 @@ class SinkWriteError(GatewayError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class CompactionError(GatewayError):
+    """Raised when a partition cannot be compacted; `reason` is a CompactionErrorReason."""
+
+    def __init__(self, reason: CompactionErrorReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+_COMPACTION_ERRNO: dict[int, CompactionErrorReason] = {
+    errno.ENOSPC: "no_space",
+    errno.EDQUOT: "no_space",
+    errno.EACCES: "permission",
+    errno.EPERM: "permission",
+    errno.EROFS: "read_only",
+}
+
+
+def compaction_error(exc: OSError) -> CompactionError:
+    """An OSError met while compacting or deleting, as a CompactionError of our reason set."""
+    return CompactionError(_COMPACTION_ERRNO.get(exc.errno or 0, "io_error"), str(exc))

@@ -25,9 +25,11 @@ class HttpServer:
         registry: CollectorRegistry,
         checks: Checks,
         before_metrics: Callable[[], Awaitable[None]] | None = None,
+        seal: Callable[[], Awaitable[dict[str, int]]] | None = None,
     ) -> None:
         """`before_metrics` runs before each /metrics answer (the supervisor fetches its
-        workers' metrics then, so the merged view is current)."""
+        workers' metrics then, so the merged view is current). `seal`, when given, answers
+        POST /seal: it takes no input, so nothing from the request reaches a file."""
         self._config = config
         self._checks = checks
         self._before_metrics = before_metrics
@@ -36,6 +38,9 @@ class HttpServer:
         self._app.router.add_get("/metrics", self._metrics_handler)
         self._app.router.add_get("/healthz", self._healthz)
         self._app.router.add_get("/readyz", self._readyz)
+        self._seal = seal
+        if seal is not None:
+            self._app.router.add_post("/seal", self._seal_handler)
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         self.port: int | None = None
 
@@ -75,3 +80,7 @@ class HttpServer:
             {"status": "ready" if ready else "not ready", "checks": checks},
             status=200 if ready else 503,
         )
+
+    async def _seal_handler(self, _request: web.Request) -> web.Response:
+        assert self._seal is not None
+        return web.json_response({"sealed": await self._seal()})

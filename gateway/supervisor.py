@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 
+from gateway.commands import post_seal
 from gateway.config import GatewayConfig
 from gateway.http import HttpServer
 from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
@@ -59,7 +60,12 @@ def worker_config(config: GatewayConfig, index: int) -> GatewayConfig:
     )
     mqtt = config.mqtt.model_copy(update={"client_id": f"{base}-w{index}", "subscriptions": subs})
     http = config.http.model_copy(update={"host": "127.0.0.1", "port": _free_port("127.0.0.1")})
-    return config.model_copy(update={"mqtt": mqtt, "http": http})
+    # One worker compacts and measures the shared data directory: the merged /metrics sums the
+    # workers' gauges, so the others export zeros instead of the same sizes again.
+    compaction = config.compaction.model_copy(
+        update={"enabled": config.compaction.enabled and index == 0}
+    )
+    return config.model_copy(update={"mqtt": mqtt, "http": http, "compaction": compaction})
 
 
 @dataclass
@@ -96,7 +102,9 @@ class Supervisor:
         self.registry = Registry()
         self.registry.register(self._merged)
         self._metrics = SupervisorMetrics(self.registry, processes)
-        self._http = HttpServer(config.http, self.registry, self.checks, self._refresh_metrics)
+        self._http = HttpServer(
+            config.http, self.registry, self.checks, self._refresh_metrics, seal=self._seal
+        )
         self._stop = asyncio.Event()
 
     def checks(self) -> dict[str, bool]:
@@ -172,6 +180,16 @@ class Supervisor:
         to POLL_S old); a worker that does not answer keeps its last text."""
         running = [w for w in self._workers if w.restart_at is None and w.process is not None]
         await asyncio.gather(*(self._fetch_metrics(w) for w in running))
+
+    async def _seal(self) -> dict[str, int]:
+        """POST /seal: every running worker seals its open segments; the counts summed."""
+        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        answers = await asyncio.gather(*(asyncio.to_thread(post_seal, w.url) for w in running))
+        total: dict[str, int] = {}
+        for answer in answers:
+            for sink, count in answer.items():
+                total[sink] = total.get(sink, 0) + count
+        return total
 
     async def _stop_all(self) -> int:
         log.info("stopping %d workers (each drains)", len(self._workers))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,11 +12,11 @@ GATEWAY = ROOT / "gateway"
 
 LAYER = {
     "_version": 0, "errors": 0, "model": 0, "config": 0, "logs": 0, "manifest": 0,
-    "topics": 1, "decode": 1, "channel": 1, "metrics": 1, "transforms": 1, "audit": 1,
-    "sensor_values": 1,
-    "stage": 2, "admit": 2, "sources": 2, "sinks": 2, "http": 2,
+    "topics": 1, "decode": 1, "channel": 1, "metrics": 1, "transforms": 1,
+    "sensor_values": 1, "columnar": 1,
+    "stage": 2, "admit": 2, "sources": 2, "sinks": 2, "http": 2, "compaction": 2, "audit": 2,
     "app": 3,
-    "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "top": 4, "supervisor": 4,
+    "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "top": 4, "supervisor": 4, "commands": 4,
 }  # fmt: skip
 
 OWNERS = {
@@ -24,12 +26,13 @@ OWNERS = {
     # Readings are msgspec Structs (model.py declares them); decode/ decodes payloads into them
     # and sinks/lines.py encodes them into file lines. Nothing else touches msgspec.
     "msgspec": {"model.py", "decode/", "sinks/lines.py"},
-    "orjson": {"sinks/dead_letter.py", "audit.py", "manifest.py"},
+    "orjson": {"sinks/dead_letter.py", "audit.py", "manifest.py", "columnar/"},
     "tenacity": {"sources/session.py", "sinks/write_retry.py"},
     "aiofiles": {"sinks/"},
     "prometheus_client": {"metrics.py", "http.py"},
     "aiohttp": {"http.py"},
     "rich": {"top/"},  # the terminal view of `gateway top` only
+    "pyarrow": {"columnar/"},  # Parquet files of readings
 }
 
 
@@ -93,3 +96,12 @@ def test_each_outside_library_has_one_owner() -> None:
             ):
                 wrong.append(f"{rel} imports {name}")
     assert not wrong, "\n".join(wrong)
+
+
+def test_the_gateway_process_never_imports_pyarrow() -> None:
+    """Compaction runs in a child process: pyarrow's memory stays out of the one that acks."""
+    probe = "import sys, gateway.cli, gateway.app; print('pyarrow' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"

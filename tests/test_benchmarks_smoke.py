@@ -47,3 +47,17 @@ def test_smoke_run_reports_reference_and_gateway_with_nothing_lost(tmp_path: Pat
                 (run,) = consumers["qos1"][consumer]["rounds"]
                 assert run["publisher_rate"] > 0
     assert (tmp_path / "latest.md").read_text(encoding="utf-8").startswith("# Benchmark results")
+
+
+def test_the_compaction_benchmark_compacts_every_reading_it_wrote(tmp_path: Path) -> None:
+    """A correctness check of benchmarks/compaction.py on a small partition (no timing)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.compaction", "--readings", "20000", "--no-gzip",
+         "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    (run,) = json.loads((tmp_path / "compaction.json").read_text(encoding="utf-8"))["runs"]
+    assert run["readings"] == 20000
+    assert 0 < run["parquet_bytes"] < run["jsonl_bytes"]
+    assert run["peak_rss_mb"] > 0

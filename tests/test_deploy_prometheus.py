@@ -78,6 +78,9 @@ def test_every_alert_says_what_it_is_and_what_to_do() -> None:
         "UnackedNearWindow",
         "EndToEndLatencyHigh",
         "DiskNearlyFull",
+        "CompactionLagging",
+        "CompactionErrors",
+        "RetentionBudgetNearlyUsed",
     } <= {rule["alert"] for rule in rules}
     for rule in rules:
         assert rule["labels"]["severity"] in ("critical", "warning"), rule["alert"]

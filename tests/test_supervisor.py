@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
+import urllib.request
 from collections import Counter
 from collections.abc import Awaitable
 from pathlib import Path
@@ -115,6 +118,15 @@ async def test_merged_metrics_are_fetched_from_the_workers_at_each_scrape(
     await eventually(lambda: _equals(workers_written(), 500), timeout_s=60, message="500 written")
     assert await _written(gw) == 500  # one scrape, no waiting for the supervisor's poll
 
+    # POST /seal to the supervisor reaches every worker: nothing stays in an open segment.
+    still_open = len(list(gw.data_dir.glob("date=*/hour=*/*.jsonl.open")))
+    assert still_open >= 1
+    request = urllib.request.Request(f"{gw.url}/seal", method="POST", data=b"")
+    body = await asyncio.to_thread(_read, request)
+    assert json.loads(body) == {"sealed": {"files": still_open, "dead_letter": 0}}
+    assert not list(gw.data_dir.glob("**/*.open"))
+    assert len(read_lines(gw.data_dir)) == 500
+
 
 async def _written_at(url: str) -> float:
     return value(await scrape(url), "gateway_readings_written_total")
@@ -122,3 +134,8 @@ async def _written_at(url: str) -> float:
 
 async def _equals(total: Awaitable[float], expected: float) -> bool:
     return await total == expected
+
+
+def _read(request: urllib.request.Request) -> bytes:
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())

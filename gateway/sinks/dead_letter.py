@@ -51,6 +51,10 @@ class DeadLetterSink:
         """Seal segments a crash left open (call before run)."""
         await self._store.recover()
 
+    async def seal_now(self) -> int:
+        """Seal every open segment now (while run() runs); returns how many were open."""
+        return await self._store.seal_now()
+
     async def run(self, channel: Channel[Rejection]) -> None:
         """Store until the channel is drained, then seal every segment and return."""
         await self._store.run(channel, self._encode, self._settle)

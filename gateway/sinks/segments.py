@@ -58,6 +58,9 @@ class SegmentStore:
         self._pending_since = 0.0
         self._rewrite = False
         self._next_seq: int | None = None
+        # `seal_now()` callers, answered by the run loop (the only task that touches segments).
+        self._seal_requests: list[asyncio.Future[int]] = []
+        self._closed = False
 
     @property
     def writable(self) -> bool:
@@ -96,7 +99,35 @@ class SegmentStore:
             elif channel.drained:
                 break
             await self.tick()
-        await self.close()
+            if self._seal_requests:
+                await self._seal_requested()
+        await self._seal_requested()  # close() seals everything; tell whoever asked meanwhile
+        self._closed = True
+
+    async def seal_now(self) -> int:
+        """Seal every open segment within about a second (the run loop does it); return how many.
+
+        For `gateway seal` and audits: readers that skip `.open` files then see every reading
+        stored so far.
+        """
+        if self._closed:
+            return 0
+        request = asyncio.get_running_loop().create_future()
+        self._seal_requests.append(request)
+        return await request
+
+    async def _seal_requested(self) -> None:
+        sealed = len(self._open)
+        requests, self._seal_requests = self._seal_requests, []
+        try:
+            await self.close()
+        except BaseException:
+            for request in requests:
+                request.cancel()
+            raise
+        for request in requests:
+            if not request.done():
+                request.set_result(sealed)
 
     async def commit(self, parts: Parts, settle: Callable[[], None]) -> None:
         """Write one batch (one write per partition), make it durable per policy, then settle."""
