@@ -213,6 +213,13 @@ class CheckRangeStep(_Part):
         "reject", description="reject: dead-letter it; flag: store it with a flag."
     )
 
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> CheckRangeStep:
+        # Found by check-config, not only when the gateway builds the step.
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        return self
+
 
 class DropDuplicatesStep(_Part):
     """Drop a reading whose (device_id, seq) was seen recently."""
