@@ -214,8 +214,10 @@ class CheckRangeStep(_Part):
     )
 
     @model_validator(mode="after")
-    def _min_not_above_max(self) -> CheckRangeStep:
+    def _a_range(self) -> CheckRangeStep:
         # Found by check-config, not only when the gateway builds the step.
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
         return self
