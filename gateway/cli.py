@@ -17,7 +17,7 @@ from gateway.app import Gateway
 from gateway.audit import main_audit
 from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
 from gateway.demo import main_demo
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DrainError, StartupError
 from gateway.logs import setup_logging
 from gateway.supervisor import Supervisor, detach_from_terminal
 
@@ -157,7 +157,11 @@ def run_supervised(config: GatewayConfig, processes: int) -> int:
             loop.add_signal_handler(signum, supervisor.stop)
         return await supervisor.run()
 
-    return asyncio.run(serve())
+    try:
+        return asyncio.run(serve())
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
 
 
 def run_worker(config: GatewayConfig, name: str) -> None:
@@ -196,6 +200,12 @@ def run_gateway(config: GatewayConfig) -> int:
     except ConfigError as exc:
         print_problems(exc)
         return EXIT_CONFIG
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    except DrainError as exc:
+        log.error("stopped without draining: %s", exc)
+        return EXIT_FAILURE
     except Exception as exc:
         # A task that crashed leaves the TaskGroup wrapped in an ExceptionGroup.
         causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)

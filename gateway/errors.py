@@ -78,3 +78,24 @@ class SinkWriteError(GatewayError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+# Why the gateway would not start; checked before it reports ready.
+StartupReason = Literal["data_dir_in_use", "data_dir_not_writable", "cannot_listen"]
+
+
+class StartupError(GatewayError):
+    """Raised when the gateway cannot start safely: its data directory is in use by another
+    gateway with the same client id, or not writable, or its metrics address cannot be bound.
+    The message names the directory or address and the cause."""
+
+    def __init__(self, reason: StartupReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DrainError(GatewayError):
+    """Raised when a stop could not drain within shutdown_grace_s. What was not acked stays
+    with the broker, which redelivers it on the next start."""
+
+    reason = "drain_incomplete"

@@ -19,8 +19,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class GatewayProcess:
     """`python -m gateway run --config FILE`, its log in a file, polled over HTTP."""
 
-    def __init__(self, broker: Broker, tmp_path: Path, prefix: str) -> None:
-        self.data_dir = tmp_path / "data"
+    def __init__(
+        self, broker: Broker, tmp_path: Path, prefix: str, data_dir: Path | None = None
+    ) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or tmp_path / "data"
         self.log_path = tmp_path / "gateway.log"
         self.config_path = tmp_path / "gateway.toml"
         port = free_port()
@@ -85,6 +88,18 @@ class GatewayProcess:
     async def metric(self, name: str, **labels: str) -> float:
         self._alive()
         return value(await scrape(self.url), name, **labels)
+
+    async def exited(self, timeout_s: float = 20) -> int:
+        """The exit code of a gateway that stops by itself (e.g. refusing to start)."""
+        assert self.proc is not None, "not started"
+        proc = self.proc
+        await eventually(
+            lambda: proc.poll() is not None,
+            timeout_s=timeout_s,
+            interval_s=0.05,
+            message="the gateway exits by itself",
+        )
+        return proc.returncode
 
     def kill(self) -> None:
         proc = self._alive()
