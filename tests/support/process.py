@@ -119,6 +119,12 @@ class GatewayProcess:
         return proc.returncode
 
     def cleanup(self) -> None:
+        """Stop it if it still runs: SIGTERM first, so that a supervisor stops its workers (a
+        SIGKILLed one would leave them to stop on their own), SIGKILL only if it hangs."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
