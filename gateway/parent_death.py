@@ -6,44 +6,43 @@ supervisor; the demo's broker would keep its port. PR_SET_PDEATHSIG makes the ke
 child when its parent dies, however the parent dies. From prctl(2): the signal comes when the
 parent *thread* that created the child ends, so start such children from the main thread; and
 it is cleared when the child changes its user or group ids, so a broker started as root must be
-told to stay that user.
+told to stay that user. Elsewhere than Linux nothing is asked, and False says so.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 import sys
-from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
+# For a command that is not Python: ask, make sure the parent is still the one that started
+# us (else it died before we asked: take the signal now), then become the command. A
+# preexec_fn would do the same between fork and exec, which is unsafe with threads running.
+_ASK_THEN_EXEC = (
+    "import ctypes, os, sys\n"
+    "signum, parent = int(sys.argv[1]), int(sys.argv[2])\n"
+    f"ctypes.CDLL(None).prctl({PR_SET_PDEATHSIG}, signum, 0, 0, 0)\n"
+    "if os.getppid() != parent:\n"
+    "    os.kill(os.getpid(), signum)\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+)
 
-class ParentDeathSignal:
-    """`signum` for this process when its parent dies. Build it in the parent (loading libc
-    between fork and exec is not safe) and call it in the child: it is a Popen `preexec_fn`."""
 
-    def __init__(self, signum: int = signal.SIGTERM) -> None:
-        self._signum = signum
-        self._prctl: Callable[..., int] | None = None
-        if sys.platform == "linux":
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-            self._prctl = libc.prctl
+def die_with_parent(parent_pid: int, signum: int = signal.SIGTERM) -> bool:
+    """In a started child: `signum` when the parent dies, now if `parent_pid` already has."""
+    supported = sys.platform == "linux"
+    if supported:
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+    if os.getppid() != parent_pid:
+        os.kill(os.getpid(), signum)
+    return supported
 
-    @property
-    def supported(self) -> bool:
-        return self._prctl is not None
 
-    def __call__(self) -> None:
-        if self._prctl is not None:
-            self._prctl(PR_SET_PDEATHSIG, self._signum, 0, 0, 0)
-
-    def arm(self, parent_pid: int) -> bool:
-        """In a started child: ask for the signal, and take it now if `parent_pid` already died
-        (then we were adopted before asking). False where unsupported (not Linux)."""
-        self()
-        if os.getppid() != parent_pid:
-            os.kill(os.getpid(), self._signum)
-        return self.supported
+def dying_with_us(cmd: list[str], signum: int = signal.SIGTERM) -> list[str]:
+    """`cmd` wrapped so that, started by this process, it gets `signum` when we die."""
+    if sys.platform != "linux":
+        return cmd
+    return [sys.executable, "-c", _ASK_THEN_EXEC, str(int(signum)), str(os.getpid()), *cmd]

@@ -33,7 +33,7 @@ from multiprocessing.process import BaseProcess
 from gateway.config import GatewayConfig
 from gateway.http import HttpServer
 from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
-from gateway.parent_death import ParentDeathSignal
+from gateway.parent_death import die_with_parent
 from gateway.sinks.claim import claim_data_dir, lock_holder
 
 log = logging.getLogger(__name__)
@@ -260,7 +260,7 @@ class Supervisor:
 
 def _worker_main(main: WorkerMain, config: GatewayConfig, name: str, supervisor_pid: int) -> None:
     """A worker's first steps: SIGTERM (a drain) when the supervisor dies, then the gateway."""
-    if not ParentDeathSignal(signal.SIGTERM).arm(supervisor_pid):
+    if not die_with_parent(supervisor_pid, signal.SIGTERM):
         log.warning("worker %s: no parent-death signal here; it may outlive its supervisor", name)
     main(config, name)
 

@@ -15,7 +15,8 @@ LAYER = {
     "sensor_values": 1,
     "stage": 2, "sources": 2, "sinks": 2, "http": 2,
     "app": 3,
-    "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "top": 4, "supervisor": 4,
+    "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "demo_terminal": 4, "top": 4,
+    "supervisor": 4,
 }  # fmt: skip
 
 OWNERS = {

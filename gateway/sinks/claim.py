@@ -37,9 +37,10 @@ class DataDirLock:
         self._fd = fd
 
     @classmethod
-    def take(cls, directory: Path, owner: str) -> DataDirLock:
+    def take(cls, directory: Path, owner: str, who: str = "") -> DataDirLock:
         """Lock for `owner` (a client id), making the directory if needed; StartupError naming
-        the directory and the PID that holds it when another process does."""
+        the directory and the PID that holds it when another process does (`who` says what
+        that process is: another gateway with this client id unless given)."""
         path = directory / f"{owner}{LOCK_SUFFIX}"
         fd = _open_lock_file(directory, path)
         try:
@@ -47,11 +48,12 @@ class DataDirLock:
         except BlockingIOError:
             pid = _recorded_pid(fd)
             os.close(fd)
+            other = who or f"another gateway with client id {owner!r}"
+            instead = "another data directory" if who else "another data directory or client id"
             raise StartupError(
                 "data_dir_in_use",
-                f"data directory {directory} is in use by another gateway with client id "
-                f"{owner!r} (pid {pid or 'unknown'}, lock {path}): stop it first, or give this "
-                "one another data directory or client id",
+                f"data directory {directory} is in use by {other} (pid {pid or 'unknown'}, "
+                f"lock {path}): stop it first, or give this one {instead}",
             ) from None
         except OSError as exc:
             os.close(fd)
