@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -50,14 +51,14 @@ class DemoProcess:
             text=True,
             env=env,
         )  # fmt: skip
+        self.out: list[str] = []
         self.err: list[str] = []
-        self._reader = threading.Thread(target=self._read_err, daemon=True)
-        self._reader.start()
-
-    def _read_err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.err.append(line)
+        self._readers = [
+            threading.Thread(target=_collect, args=(pipe, lines), daemon=True)
+            for pipe, lines in ((self.proc.stdout, self.out), (self.proc.stderr, self.err))
+        ]
+        for reader in self._readers:
+            reader.start()
 
     @property
     def stderr(self) -> str:
@@ -91,14 +92,31 @@ class DemoProcess:
 
     def finish(self, timeout_s: float = 120) -> str:
         """Its stdout once it has exited by itself (or after a signal sent before)."""
-        out, _ = self.proc.communicate(timeout=timeout_s)
-        self._reader.join(timeout=10)
-        return out
+        self.proc.wait(timeout=timeout_s)
+        for reader in self._readers:
+            reader.join(timeout=10)
+        return "".join(self.out)
 
     def cleanup(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
+
+
+def _collect(pipe: IO[str] | None, lines: list[str]) -> None:
+    """Each line as it comes (the tests poll `lines` while the demo runs)."""
+    assert pipe is not None
+    for line in pipe:
+        lines.append(line)
+
+
+def stopped_ok(demo: DemoProcess, signum: int) -> str:
+    """Send `signum`; its stdout, once it has exited 0 after an OK audit."""
+    demo.proc.send_signal(signum)
+    out = demo.finish()
+    assert demo.proc.returncode == 0, out + demo.stderr
+    assert "OK: nothing valid missing" in out
+    return out
 
 
 def _listening(port: int) -> bool:
@@ -120,12 +138,9 @@ def test_the_demo_runs_stops_on_ctrl_c_and_its_audit_is_clean(
         url = demo.metrics_url()
         port = demo.broker_port()
         eventually_sync(lambda: demo.written(url) >= 1000, timeout_s=60, message="data flows")
-        demo.proc.send_signal(signal.SIGINT)
-        out = demo.finish()
+        stopped_ok(demo, signal.SIGINT)
     finally:
         demo.cleanup()
-    assert demo.proc.returncode == 0, out + demo.stderr
-    assert "OK: nothing valid missing" in out
     assert re.search(r"unacked +\d+ \| depth +\d+", demo.stderr), "status lines without a tty"
     assert (demo.data_dir / "manifest.ndjson").is_file()
     assert not list(demo.data_dir.glob("*.jsonl")), "nothing but data matches **/*.jsonl"
@@ -185,12 +200,9 @@ def test_a_second_demo_refuses_to_start_beside_the_first_and_sigterm_stops_it_al
         )
         assert "Traceback" not in same_dir.stderr + same_port.stderr
 
-        first.proc.send_signal(signal.SIGTERM)
-        out = first.finish()
+        stopped_ok(first, signal.SIGTERM)
     finally:
         first.cleanup()
-    assert first.proc.returncode == 0, out + first.stderr
-    assert "OK: nothing valid missing" in out
     assert not _listening(port), "its broker stopped with it"
 
 

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.config import FilesConfig
@@ -119,7 +120,7 @@ def probe_writable(directory: Path, what: str = "directory") -> None:
     """Create, write, fsync and remove a file in `directory` (made if missing); blocking.
     StartupError naming the directory (as `what`) and the cause."""
     probe = directory / f"{PROBE_NAME}-{os.getpid()}"
-    try:
+    with _as_startup_error(what, directory):
         make_dirs(directory)
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
@@ -129,6 +130,19 @@ def probe_writable(directory: Path, what: str = "directory") -> None:
             os.close(fd)
         os.unlink(probe)
         fsync_dir(directory)
+
+
+def _open_lock_file(directory: Path, path: Path) -> int:
+    with _as_startup_error("data directory", directory):
+        make_dirs(directory)
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+
+@contextlib.contextmanager
+def _as_startup_error(what: str, directory: Path) -> Iterator[None]:
+    """An OSError becomes a StartupError naming `what`, the directory and the cause."""
+    try:
+        yield
     except (FileExistsError, NotADirectoryError):
         raise StartupError(
             "data_dir_not_writable", f"{what} {directory} is not a directory (or a parent is not)"
@@ -136,21 +150,6 @@ def probe_writable(directory: Path, what: str = "directory") -> None:
     except OSError as exc:
         raise StartupError(
             "data_dir_not_writable", f"{what} {directory} is not writable: {exc.strerror}"
-        ) from exc
-
-
-def _open_lock_file(directory: Path, path: Path) -> int:
-    try:
-        make_dirs(directory)
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    except (FileExistsError, NotADirectoryError):
-        raise StartupError(
-            "data_dir_not_writable", f"data directory {directory} is not a directory"
-        ) from None
-    except OSError as exc:
-        raise StartupError(
-            "data_dir_not_writable",
-            f"data directory {directory}: cannot create {path.name}: {exc.strerror}",
         ) from exc
 
 

@@ -92,14 +92,7 @@ class GatewayProcess:
     async def exited(self, timeout_s: float = 20) -> int:
         """The exit code of a gateway that stops by itself (e.g. refusing to start)."""
         assert self.proc is not None, "not started"
-        proc = self.proc
-        await eventually(
-            lambda: proc.poll() is not None,
-            timeout_s=timeout_s,
-            interval_s=0.05,
-            message="the gateway exits by itself",
-        )
-        return proc.returncode
+        return await _exit_code(self.proc, timeout_s, "the gateway exits by itself")
 
     def kill(self) -> None:
         proc = self._alive()
@@ -110,13 +103,7 @@ class GatewayProcess:
         """SIGTERM, then the exit code once it has drained and stopped."""
         proc = self._alive()
         proc.send_signal(signal.SIGTERM)
-        await eventually(
-            lambda: proc.poll() is not None,
-            timeout_s=timeout_s,
-            interval_s=0.05,
-            message="gateway exits after SIGTERM",
-        )
-        return proc.returncode
+        return await _exit_code(proc, timeout_s, "gateway exits after SIGTERM")
 
     def cleanup(self) -> None:
         """Stop it if it still runs: SIGTERM first, so that a supervisor stops its workers (a
@@ -128,3 +115,10 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=30)
+
+
+async def _exit_code(proc: subprocess.Popen[bytes], timeout_s: float, message: str) -> int:
+    await eventually(
+        lambda: proc.poll() is not None, timeout_s=timeout_s, interval_s=0.05, message=message
+    )
+    return proc.returncode
