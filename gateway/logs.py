@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Protocol
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,6 +31,14 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
+class TextStream(Protocol):
+    """Where log lines go: stderr, or anything that writes text as stderr does."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
 class TextFormatter(logging.Formatter):
     """`2026-11-25T12:00:00.123+01:00 WARNING gateway.app: message`: local time, with its offset
     from UTC (RFC 3339), so that a line read elsewhere or across a DST change is unambiguous."""
@@ -42,7 +50,7 @@ class TextFormatter(logging.Formatter):
         return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
 
 
-def setup_logging(level: str, fmt: str, worker: str = "", stream: TextIO | None = None) -> None:
+def setup_logging(level: str, fmt: str, worker: str = "", stream: TextStream | None = None) -> None:
     """Logs to `stream` (stderr); `worker` names the process when several run (`--processes`)."""
     handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
