@@ -153,7 +153,7 @@ def run_supervised(config: GatewayConfig, processes: int) -> int:
     async def serve() -> int:
         supervisor = Supervisor(config, processes, run_worker)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, supervisor.stop)
         return await supervisor.run()
 
@@ -232,6 +232,19 @@ async def _serve(config: GatewayConfig) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+    hung_up = False
+
+    def on_hangup() -> None:
+        # A worker's supervisor died (the parent-death signal; the kernel sends it again each
+        # time a thread of the dying supervisor ends) or the terminal hung up: drain, once.
+        nonlocal hung_up
+        if not hung_up:
+            hung_up = True
+            log.info("SIGHUP received: draining")
+            gateway.stop()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await gateway.run()
     except asyncio.CancelledError:

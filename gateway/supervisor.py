@@ -6,8 +6,10 @@ splits the messages between them — the same mechanism that spreads load over m
 clustered broker. The supervisor restarts a worker that dies, forwards SIGTERM (each worker
 drains), and serves one /metrics that sums the workers', plus /healthz and /readyz.
 
-Workers never outlive it: each asks for SIGTERM when the supervisor dies, however it dies (the
-parent-death signal), and then drains as on any SIGTERM. The supervisor holds the data
+Workers never outlive it: each asks for SIGHUP when the supervisor dies, however it dies (the
+parent-death signal), and then drains as on SIGTERM. Not SIGTERM itself: the kernel sends the
+signal again each time a thread of the dying supervisor ends, and a second SIGTERM means "stop
+now, without draining". The supervisor holds the data
 directory's lock for the base client id, as a gateway with that id would, and before it starts
 a worker it checks that no process (a worker of an earlier run, still draining) holds that
 worker's client id: it says so and waits, rather than start a twin that would fight it for the
@@ -259,8 +261,9 @@ class Supervisor:
 
 
 def _worker_main(main: WorkerMain, config: GatewayConfig, name: str, supervisor_pid: int) -> None:
-    """A worker's first steps: SIGTERM (a drain) when the supervisor dies, then the gateway."""
-    if not die_with_parent(supervisor_pid, signal.SIGTERM):
+    """A worker's first steps: SIGHUP when the supervisor dies, then the gateway (which drains
+    on SIGHUP, however often it comes: see cli._serve)."""
+    if not die_with_parent(supervisor_pid, signal.SIGHUP):
         log.warning("worker %s: no parent-death signal here; it may outlive its supervisor", name)
     main(config, name)
 

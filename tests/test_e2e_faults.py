@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -316,6 +317,22 @@ async def test_sigterm_mid_stream_drains_seals_exits_0_and_leaves_the_rest_at_th
     assert not missing, f"readings lost across SIGTERM: {summary}"
     # A drained stop acked everything it stored, so the broker had nothing of it to redeliver.
     assert duplicates == 0, f"a clean stop redelivered stored readings: {summary}"
+
+
+async def test_sighup_drains_once_however_often_it_comes(
+    gateway_process: GatewayProcess,
+) -> None:
+    """SIGHUP is what a worker gets when its supervisor dies (the parent-death signal), once
+    per thread of the dying supervisor: the first drains, the rest must not cut the drain."""
+    gw = gateway_process
+    gw.start()
+    await gw.ready()
+    assert gw.proc is not None
+    for _ in range(3):
+        gw.proc.send_signal(signal.SIGHUP)
+    assert await gw.exited() == 0, gw.log[-3000:]
+    assert gw.log.count("SIGHUP received: draining") == 1
+    assert "stopped cleanly" in gw.log
 
 
 # -- 4. and 5. a partition the sink cannot create -------------------------------------------
