@@ -7,9 +7,11 @@ an operator sees is the exit code and the log.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -120,15 +122,28 @@ def test_a_metrics_address_in_use_fails_the_start_naming_it(tmp_path: Path) -> N
     assert "Traceback" not in out.stderr
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to a read-only directory anyway")
-def test_a_read_only_data_directory_fails_the_start_naming_it(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    data_dir.chmod(0o500)
+def test_a_read_only_data_directory_fails_the_start_naming_it() -> None:
+    """Run as an unprivileged user (root writes anyway): `setpriv` drops to nobody when the
+    tests run as root. Outside pytest's tmp tree, which only its owner may enter."""
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without setpriv to drop privileges")
+        as_user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    top = Path(tempfile.mkdtemp(prefix="gateway-ro-"))
     try:
-        out = _run_once(tmp_path, "--data-dir", str(data_dir), "--metrics-addr", "127.0.0.1:0")
+        top.chmod(0o755)
+        data_dir = top / "data"
+        data_dir.mkdir(mode=0o555)
+        data_dir.chmod(0o555)  # whatever the umask
+        out = subprocess.run(
+            [*as_user, sys.executable, "-m", "gateway", "run", "--data-dir", str(data_dir),
+             "--broker", f"mqtt://127.0.0.1:{free_port()}", "--metrics-addr", "127.0.0.1:0"],
+            capture_output=True, text=True, timeout=20, cwd=ROOT, check=False,
+        )  # fmt: skip
     finally:
-        data_dir.chmod(0o700)
+        shutil.rmtree(top)
     assert out.returncode == 1, out.stderr
-    assert f"cannot start: data directory {data_dir}" in out.stderr
-    assert "Permission denied" in out.stderr
+    assert f"cannot start: data directory {data_dir} is not writable: Permission denied" in (
+        out.stderr
+    )
