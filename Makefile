@@ -2,21 +2,32 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# What is installed: the gateway with the demo's broker (`demo` extra), or with the dev tools too.
+DEMO_STAMP ?= $(VENV)/.installed-demo
+DEV_STAMP  ?= $(VENV)/.installed-dev
+DEMO_ARGS  ?=
 
-.PHONY: help install system-deps test lint run demo bench bench-compaction clean
+.PHONY: help install install-demo system-deps test lint run demo bench bench-compaction clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import ensurepip' 2>/dev/null || ./scripts/system-deps.sh venv
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,demo]'
-	touch $(STAMP)
 
-install: $(STAMP) ## create .venv with the gateway and its dev tools
+$(DEMO_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,demo]'
+	touch $@ $(DEMO_STAMP)
+
+install: $(DEV_STAMP) ## create .venv with the gateway, the demo's broker and the dev tools
+
+install-demo: $(DEMO_STAMP) ## create .venv with the gateway and the demo's broker only
 
 system-deps: ## install mosquitto, mosquitto-clients, prometheus (promtool) if missing
 	./scripts/system-deps.sh
@@ -27,10 +38,10 @@ test: system-deps install ## run the whole test suite (real Mosquitto, real file
 lint: install ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-demo: install ## embedded broker + 200 simulated devices + gateway + metrics; Ctrl-C prints the audit
-	$(BIN)/gateway demo
+demo: install-demo ## embedded broker + 200 simulated devices + gateway + metrics; Ctrl-C prints the audit (DEMO_ARGS=...)
+	$(BIN)/gateway demo $(DEMO_ARGS)
 
-run: system-deps install ## run the gateway against a local Mosquitto on 127.0.0.1:1883
+run: system-deps install-demo ## run the gateway against a local Mosquitto on 127.0.0.1:1883
 	./scripts/run-local.sh
 
 bench: system-deps install ## gateway vs mosquitto_sub: throughput, latency, memory, scale-out (~9 min; BENCH_ARGS=--quick)

@@ -18,11 +18,12 @@ from gateway.admit import Admission
 from gateway.channel import Channel
 from gateway.compaction.maintenance import Maintenance
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DrainError
 from gateway.http import HttpServer
 from gateway.metrics import GatewayMetrics, Registry, StorageMetrics
 from gateway.model import Reading, Rejection
 from gateway.sensor_values import SensorValues
+from gateway.sinks.claim import claim_data_dir
 from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
 from gateway.sources.session import MqttSource
@@ -85,6 +86,7 @@ class Gateway:
                 config.logging,
             )
         self._stop = asyncio.Event()
+        self._left_unacked: int | None = None  # set when a drain gives up
         self.started = asyncio.Event()
 
     # -- what operators see ------------------------------------------------------------------
@@ -125,7 +127,24 @@ class Gateway:
     # -- the topology ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Run source -> stages -> sinks until stopped; a crash in any task stops them all."""
+        """Run source -> stages -> sinks until stopped; a crash in any task stops them all.
+
+        First the data directory is claimed: StartupError when another gateway with our client
+        id holds it or it cannot take a file. DrainError when a stop could not drain in time.
+        """
+        lock = await claim_data_dir(self.config.files, self.config.mqtt.client_id)
+        try:
+            await self._run_claimed()
+        finally:
+            lock.release()
+        if self._left_unacked is not None:
+            raise DrainError(
+                f"the drain did not finish within {self.config.shutdown_grace_s:g}s: "
+                f"{self._left_unacked} messages left unacked; the broker redelivers them on "
+                "the next start"
+            )
+
+    async def _run_claimed(self) -> None:
         await self._files.recover()
         await self._dead_letter.recover()
         admit = Admission(
@@ -189,10 +208,9 @@ class Gateway:
                 self._rejects.close()
                 await asyncio.gather(*sinks)
         except TimeoutError:
-            log.warning(
-                "drain took longer than %.0fs; unacked messages stay with the broker and are "
-                "redelivered on the next start",
-                grace,
+            # run() raises DrainError once everything is closed: the exit code must say so.
+            self._left_unacked = int(
+                self.registry.get_sample_value("gateway_unacked_messages") or 0
             )
             for task in (*workers, *sinks):
                 task.cancel()

@@ -47,6 +47,12 @@ __all__ = ["DEAD_LETTER_DIR", "AuditReport", "DeviceAudit", "audit", "format_tab
 MAX_MISSING_RUNS = 8
 MAX_WRONG_REASONS = 100
 MAX_TABLE_ROWS = 50
+# Fault kinds whose rejection depends on the gateway's config: what the audit then says.
+NEEDS_CONFIG = {
+    "out_of_range": "a gateway rejects these only with a check_range step on the metric the "
+    "simulator puts out of range (temperature; e.g. min -60, max 150): see README, "
+    "Simulators and the audit",
+}
 _SATURATED = 255  # a bytearray cell counts copies up to here
 _NONE: frozenset[int] = frozenset()
 
@@ -119,6 +125,8 @@ class AuditReport:
     unknown_device_lines: int  # data lines of devices the manifest does not know
     dead_letter_unmatched: dict[str, int]  # by reason: records matching no fault and no reading
     dead_letter_repeats: int  # a fault's record seen again (a redelivery): allowed
+    faults_missing_by_kind: dict[str, int]  # not dead-lettered, by the simulator's fault kind
+    faults_stored_by_kind: dict[str, int]  # ... of which found in the data files instead
     data_files: int
     data_lines: int
     parquet_files: int
@@ -154,6 +162,8 @@ class AuditReport:
             "unknown_device_lines": self.unknown_device_lines,
             "dead_letter_unmatched": self.dead_letter_unmatched,
             "dead_letter_repeats": self.dead_letter_repeats,
+            "faults_missing_by_kind": self.faults_missing_by_kind,
+            "faults_stored_by_kind": self.faults_stored_by_kind,
             "wrong_reasons": [asdict(w) for w in self.wrong_reasons],
             "notes": self.notes,
             "devices": [{**asdict(d), "ok": d.ok} for d in self.devices],
@@ -175,6 +185,7 @@ class _Tally:
         "open_values",
         "rejecting",
         "runs",
+        "stored_faults",
         "strays",
         "valid",
         "values",
@@ -192,6 +203,7 @@ class _Tally:
         self.counts = bytearray(size)
         self.values = 0  # count mode: metric values found
         self.strays = 0  # seq mode: lines whose seq was not sent, or was a rejected fault
+        self.stored_faults: set[int] | None = None  # rejecting seqs found among the data
         self.dead_lettered = 0
         self.open_seqs: set[int] | None = None  # seq mode: valid seqs seen in open segments
         self.open_values = 0  # count mode: metric values found in open segments
@@ -324,6 +336,10 @@ class _Auditor:
             return
         if not tally.is_valid(seq):
             tally.strays += 1
+            if seq in tally.rejecting:
+                if tally.stored_faults is None:
+                    tally.stored_faults = set()
+                tally.stored_faults.add(seq)  # type: ignore[arg-type]
             return
         assert isinstance(seq, int)
         cell = seq - tally.base
@@ -413,6 +429,8 @@ class _Auditor:
         for fault in self.faults:
             faults_of.setdefault(fault.device, []).append(fault)
         wrong: list[WrongReason] = []
+        missing_by_kind: Counter[str] = Counter()
+        stored_by_kind: Counter[str] = Counter()
         for slot, tally in enumerate(self.tallies):
             result = self._device_result(tally)
             for fault in faults_of.get(slot, ()):
@@ -433,6 +451,9 @@ class _Auditor:
                         )
                 else:
                     result.faults_missing += 1
+                    missing_by_kind[fault.kind] += 1
+                    if tally.stored_faults is not None and fault.seq in tally.stored_faults:
+                        stored_by_kind[fault.kind] += 1
             devices.append(result)
             total.add(result)
         notes = list(self.notes)
@@ -468,6 +489,8 @@ class _Auditor:
             unknown_device_lines=self.unknown_device_lines,
             dead_letter_unmatched=dict(sorted(self.unmatched.items())),
             dead_letter_repeats=self.repeats,
+            faults_missing_by_kind=dict(sorted(missing_by_kind.items())),
+            faults_stored_by_kind=dict(sorted(stored_by_kind.items())),
             data_files=self.data_files,
             data_lines=self.data_lines,
             parquet_files=self.parquet_files,
@@ -581,6 +604,14 @@ def format_table(report: AuditReport) -> str:
         f"wrong reason {w.device_id} seq {w.seq} ({w.kind}): expected {w.expected}, got {w.got}"
         for w in report.wrong_reasons
     )
+    for kind, count in report.faults_missing_by_kind.items():
+        stored = report.faults_stored_by_kind.get(kind, 0)
+        line = f"faults not dead-lettered: {kind} {count:,}"
+        if stored:
+            line += f" ({stored:,} stored as readings instead)"
+        if kind in NEEDS_CONFIG:
+            line += f"; {NEEDS_CONFIG[kind]}"
+        lines.append(line)
     if report.dead_letter_unmatched:
         found = ", ".join(f"{r} {n:,}" for r, n in report.dead_letter_unmatched.items())
         lines.append(f"dead-letter records matching nothing sent: {found}")
@@ -597,12 +628,18 @@ def format_table(report: AuditReport) -> str:
     else:
         problems = [
             f"{t.missing:,} missing" if t.missing else "",
-            f"{t.faults_missing:,} faults not dead-lettered" if t.faults_missing else "",
+            f"{t.faults_missing:,} faults not dead-lettered ({_by_kind(report)})"
+            if t.faults_missing
+            else "",
             f"{t.faults_wrong_reason:,} with the wrong reason" if t.faults_wrong_reason else "",
         ]
         verdict = "NOT OK: " + ", ".join(p for p in problems if p)
     lines.append(verdict)
     return "\n".join(lines)
+
+
+def _by_kind(report: AuditReport) -> str:
+    return ", ".join(f"{kind} {n:,}" for kind, n in report.faults_missing_by_kind.items())
 
 
 def main_audit(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from gateway.audit import main_audit
 from gateway.commands import main_compact, main_seal
 from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
 from gateway.demo import main_demo
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DrainError, StartupError
 from gateway.logs import setup_logging
 from gateway.supervisor import Supervisor, detach_from_terminal
 
@@ -160,11 +160,15 @@ def run_supervised(config: GatewayConfig, processes: int) -> int:
     async def serve() -> int:
         supervisor = Supervisor(config, processes, run_worker)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.add_signal_handler(signum, supervisor.stop)
         return await supervisor.run()
 
-    return asyncio.run(serve())
+    try:
+        return asyncio.run(serve())
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
 
 
 def run_worker(config: GatewayConfig, name: str) -> None:
@@ -203,6 +207,12 @@ def run_gateway(config: GatewayConfig) -> int:
     except ConfigError as exc:
         print_problems(exc)
         return EXIT_CONFIG
+    except StartupError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    except DrainError as exc:
+        log.error("stopped without draining: %s", exc)
+        return EXIT_FAILURE
     except Exception as exc:
         # A task that crashed leaves the TaskGroup wrapped in an ExceptionGroup.
         causes = exc.exceptions if isinstance(exc, BaseExceptionGroup) else (exc,)
@@ -229,6 +239,19 @@ async def _serve(config: GatewayConfig) -> None:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+
+    hung_up = False
+
+    def on_hangup() -> None:
+        # A worker's supervisor died (the parent-death signal; the kernel sends it again each
+        # time a thread of the dying supervisor ends) or the terminal hung up: drain, once.
+        nonlocal hung_up
+        if not hung_up:
+            hung_up = True
+            log.info("SIGHUP received: draining")
+            gateway.stop()
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         await gateway.run()
     except asyncio.CancelledError:

@@ -232,6 +232,15 @@ class CheckRangeStep(_Part):
         "reject", description="reject: dead-letter it; flag: store it with a flag."
     )
 
+    @model_validator(mode="after")
+    def _a_range(self) -> CheckRangeStep:
+        # Found by check-config, not only when the gateway builds the step.
+        if self.min is None and self.max is None:
+            raise ValueError("give min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min ({self.min:g}) is greater than max ({self.max:g})")
+        return self
+
 
 class DropDuplicatesStep(_Part):
     """Drop a reading whose (device_id, seq) was seen recently."""

@@ -4,6 +4,11 @@ The broker is Mosquitto when it is on PATH, else amqtt (pure Python). The fleet 
 `gateway-sim` subprocess (the gateway package never imports the simulators). Children run in
 their own sessions, so a terminal's Ctrl-C reaches only us and we stop them in order:
 fleet first, then wait until the gateway has everything the broker took, then drain, then audit.
+Should we die without stopping them, they get SIGTERM (the parent-death signal).
+
+One demo per data directory (a lock beside the data). Each run starts from an empty one: the
+previous run's files are removed first, so the audit sees this run's files only. Exit 0 only
+after a complete drain and an OK audit.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -24,11 +30,17 @@ from pathlib import Path
 from gateway.app import Gateway
 from gateway.audit import audit, format_table
 from gateway.config import GatewayConfig, parse_listen_addr
-from gateway.errors import REJECT_REASONS
+from gateway.demo_terminal import Metrics, StatusLine, foreground_group
+from gateway.errors import GatewayError
 from gateway.logs import setup_logging
 from gateway.manifest import read_header
+from gateway.parent_death import dying_with_us
+from gateway.sinks.claim import DataDirLock
 
-log = logging.getLogger(__name__)
+DEMO_LOCK = "demo"  # <data-dir>/demo.lock
+# What a run leaves in its data directory, removed before the next run (the locks stay).
+RUN_FILES = ("date=*", "dead-letter", "manifest.ndjson")
+TAKE_ALL_TIMEOUT_S = 60.0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,8 +48,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=200, help="simulated devices (default 200)")
     p.add_argument("--rate", type=float, default=1.0, help="readings/s per device (default 1)")
     p.add_argument("--fault-rate", type=float, default=0.01, help="share of faulty messages")
-    p.add_argument("--data-dir", type=Path, default=Path("./demo-data"))
-    p.add_argument("--metrics-addr", default="127.0.0.1:9108", help="HOST:PORT (port 0 = any)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("./demo-data"),
+        help="where the gateway writes (default ./demo-data); the previous run's files there "
+        "are removed first",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1:9108",
+        help="HOST:PORT of the gateway's /metrics (default 127.0.0.1:9108; port 0 = any)",
+    )
     p.add_argument("--duration", type=float, help="stop by itself after this many seconds")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--broker", choices=("auto", "mosquitto", "amqtt"), default="auto")
@@ -64,6 +86,25 @@ def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 
             time.sleep(0.05)
 
 
+def _spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
+    """A child in its own session (Ctrl-C is ours to handle) that gets SIGTERM when we die.
+
+    Call from the main thread: the parent-death signal follows the thread that forked."""
+    return subprocess.Popen(  # type: ignore[call-overload, no-any-return]
+        dying_with_us(cmd), start_new_session=True, **kwargs
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], signum: int, timeout_s: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signum)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     """A private broker on a free loopback port; returns (process, port, name)."""
     port = _free_port()
@@ -74,10 +115,13 @@ def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
         if not mosquitto:
             raise RuntimeError("mosquitto is not installed")
         conf = workdir / "mosquitto.conf"
-        # Large queues and window: the at-least-once settings the README recommends.
+        # Large queues and window: the at-least-once settings the README recommends. `user`:
+        # started as root, Mosquitto would become user mosquitto, which clears the
+        # parent-death signal (and cannot write its log here).
         conf.write_text(
             f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
             "max_queued_messages 100000\nset_tcp_nodelay true\n"
+            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
             f"log_dest file {workdir / 'mosquitto.log'}\n",
             encoding="utf-8",
         )
@@ -93,14 +137,19 @@ def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
         )
         amqtt = shutil.which("amqtt") or str(Path(sys.executable).with_name("amqtt"))
         cmd, name = [amqtt, "-c", str(conf)], "amqtt"
-    proc = subprocess.Popen(
-        cmd,
-        stdout=subprocess.DEVNULL,
-        stderr=(workdir / "broker.err").open("wb"),
-        start_new_session=True,
-    )
-    _wait_for_port(port, proc)
+    with (workdir / "broker.err").open("wb") as err:
+        proc = _spawn(cmd, stdout=subprocess.DEVNULL, stderr=err)
+    try:
+        _wait_for_port(port, proc)
+    except RuntimeError:
+        stop_process(proc, signal.SIGTERM)
+        raise
     return proc, port, name
+
+
+def stop_broker(proc: subprocess.Popen[bytes], name: str) -> None:
+    # amqtt stops cleanly on SIGINT only; SIGTERM kills it (FACTS.md).
+    stop_process(proc, signal.SIGINT if name == "amqtt" else signal.SIGTERM)
 
 
 def demo_config(port: int, data_dir: Path, metrics_addr: str, broker: str) -> GatewayConfig:
@@ -136,52 +185,52 @@ def start_fleet(
         # amqtt drops what it acked but had not forwarded when a publisher leaves (FACTS.md).
         "--linger", "5" if broker == "amqtt" else "0",
     ]  # fmt: skip
-    return subprocess.Popen(cmd, start_new_session=True)
+    return _spawn(cmd)
 
 
-class Status:
-    """The live status line, from the gateway's own metrics."""
-
-    def __init__(self, gateway: Gateway) -> None:
-        self._m = gateway.metrics
-        self._gateway = gateway
-        self._last = (time.monotonic(), 0.0)
-        self._tty = sys.stderr.isatty()
-        self._printed = 0.0
-
-    def line(self) -> str:
-        m = self._m
-        now = time.monotonic()
-        received = m.sample("gateway_messages_received_total")
-        then, before = self._last
-        rate = (received - before) / max(now - then, 1e-9)
-        self._last = (now, received)
-        dead = sum(
-            m.sample("gateway_readings_rejected_total", reason=reason) for reason in REJECT_REASONS
-        )
-        written = m.sample("gateway_readings_written_total")
-        unacked = m.sample("gateway_unacked_messages")
-        p99 = m.latency_quantile(0.99)
-        depth = sum(m.channel_depths().values())
-        return (
-            f"in {rate:7.0f} msg/s | written {written:9.0f} | "
-            f"dead-lettered {dead:6.0f} | unacked {unacked:5.0f} | "
-            f"depth {depth:5.0f} | p99 e2e {p99 * 1000:7.1f} ms"
-        )
-
-    def show(self) -> None:
-        text = self.line()
-        if self._tty:
-            sys.stderr.write("\r" + text)
-            sys.stderr.flush()
-        elif time.monotonic() - self._printed >= 5:
-            print(text, file=sys.stderr, flush=True)
-            self._printed = time.monotonic()
+def clear_previous_run(data_dir: Path) -> bool:
+    """Remove what an earlier run left (data, dead letters, manifest); True if anything."""
+    found = [path for pattern in RUN_FILES for path in data_dir.glob(pattern)]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return bool(found)
 
 
-async def run_demo(args: argparse.Namespace) -> int:
-    args.data_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+async def _until(stop: asyncio.Event, timeout_s: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            await stop.wait()
+
+
+async def run_demo(args: argparse.Namespace, status: StatusLine) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # First of all: a SIGTERM at any later point must still stop the broker and the fleet.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        lock = DataDirLock.take(args.data_dir, DEMO_LOCK, who="another demo")
+    except GatewayError as exc:
+        status.say(f"demo: cannot start: {exc}")
+        return 1
+    try:
+        if clear_previous_run(args.data_dir):
+            status.say(f"demo: removed the previous run's files from {args.data_dir}")
+        work = Path(tempfile.mkdtemp(prefix="gateway-demo-"))
+        try:
+            return await _run(args, status, stop, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        lock.release()
+
+
+async def _run(
+    args: argparse.Namespace, status: StatusLine, stop: asyncio.Event, work: Path
+) -> int:
     # Not *.jsonl: readers glob `<data-dir>/**/*.jsonl` for data, and this is not data.
     manifest = args.data_dir / "manifest.ndjson"
     broker, port, name = start_broker(args.broker, work)
@@ -189,59 +238,63 @@ async def run_demo(args: argparse.Namespace) -> int:
     try:
         gateway = Gateway(demo_config(port, args.data_dir, args.metrics_addr, name))
         task = asyncio.create_task(gateway.run(), name="gateway")
-        await gateway.started.wait()
+        started = asyncio.create_task(gateway.started.wait())
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({task, started, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        stopped.cancel()
+        if task.done():  # it could not start: the data directory or the metrics address
+            status.say(f"demo: cannot start: {task.exception()}")
+            return 1
+        if stop.is_set():
+            gateway.stop()
+            await task
+            return 1
         # The fleet starts once the gateway is subscribed: before that, the broker keeps nothing
         # for it (its session does not exist yet on a first run).
         connected = asyncio.create_task(gateway.wait_connected())
-        await asyncio.wait({connected, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        connected.cancel()
-        fleet = start_fleet(args, port, manifest, name)
-        print(
-            f"demo: {name} on 127.0.0.1:{port}, {args.devices} devices at {args.rate} Hz, "
-            f"data in {args.data_dir}, metrics on {gateway.http_url}/metrics — Ctrl-C to stop",
-            file=sys.stderr,
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait(
+            {connected, stopped, task}, timeout=30, return_when=asyncio.FIRST_COMPLETED
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, stop.set)
-        status = Status(gateway)
+        connected.cancel()
+        stopped.cancel()
+        fleet = start_fleet(args, port, manifest, name)
+        status.say(
+            f"demo: {name} on 127.0.0.1:{port}, {args.devices} devices at {args.rate} Hz, "
+            f"data in {args.data_dir}, metrics on {gateway.http_url}/metrics — Ctrl-C to stop"
+        )
+        metrics = Metrics(gateway.http_url)
         deadline = None if args.duration is None else time.monotonic() + args.duration
         while not stop.is_set() and not task.done():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(1):
-                    await stop.wait()
-            status.show()
+            status.show(await metrics.status())
+            await _until(stop, 1.0)
         if task.done():
-            task.result()  # the gateway failed: surface why
-        print("\ndemo: stopping the fleet …", file=sys.stderr)
+            status.end()
+            status.say(f"demo: the gateway failed: {task.exception()}")
+            return 1
+        status.end()
+        status.say("demo: stopping the fleet …")
         fleet.send_signal(signal.SIGINT)
         await asyncio.to_thread(fleet.wait, 60)
         sent = read_header(manifest).messages_sent
-        print(
-            f"demo: {sent} messages sent; waiting for the gateway to take them …", file=sys.stderr
-        )
-        m = gateway.metrics
-        until = time.monotonic() + 60
-        while time.monotonic() < until and not (
-            m.sample("gateway_messages_received_total") >= sent
-            and m.sample("gateway_readings_in_flight") == 0
-        ):
-            await asyncio.sleep(0.1)
-            status.show()
+        status.say(f"demo: {sent} messages sent; waiting for the gateway to take them …")
+        until = time.monotonic() + TAKE_ALL_TIMEOUT_S
+        # Polled over HTTP, as an operator would: no in-process event to wait on.
+        while time.monotonic() < until and not await metrics.took(sent):  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
         gateway.stop()
-        await task
-    finally:
-        if fleet is not None and fleet.poll() is None:
-            fleet.kill()
-        broker.send_signal(signal.SIGINT if name == "amqtt" else signal.SIGTERM)
         try:
-            broker.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            broker.kill()
-        shutil.rmtree(work, ignore_errors=True)
+            await task
+        except GatewayError as exc:
+            status.say(f"demo: {exc}")
+            return 1
+    finally:
+        if fleet is not None:
+            stop_process(fleet, signal.SIGKILL)
+        stop_broker(broker, name)
     report = audit(manifest, args.data_dir)
     print(format_table(report))
     return 0 if report.ok else 1
@@ -249,5 +302,10 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 def main_demo(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging("WARNING", "text")
-    return asyncio.run(run_demo(args))
+    status = StatusLine(sys.stderr)
+    setup_logging("WARNING", "text", stream=status)
+    with foreground_group():
+        try:
+            return asyncio.run(run_demo(args, status))
+        finally:
+            status.end()

@@ -150,3 +150,24 @@ _COMPACTION_ERRNO: dict[int, CompactionErrorReason] = {
 def compaction_error(exc: OSError) -> CompactionError:
     """An OSError met while compacting or deleting, as a CompactionError of our reason set."""
     return CompactionError(_COMPACTION_ERRNO.get(exc.errno or 0, "io_error"), str(exc))
+
+
+# Why the gateway would not start; checked before it reports ready.
+StartupReason = Literal["data_dir_in_use", "data_dir_not_writable", "cannot_listen"]
+
+
+class StartupError(GatewayError):
+    """Raised when the gateway cannot start safely: its data directory is in use by another
+    gateway with the same client id, or not writable, or its metrics address cannot be bound.
+    The message names the directory or address and the cause."""
+
+    def __init__(self, reason: StartupReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class DrainError(GatewayError):
+    """Raised when a stop could not drain within shutdown_grace_s. What was not acked stays
+    with the broker, which redelivers it on the next start."""
+
+    reason = "drain_incomplete"

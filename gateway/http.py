@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.config import HttpConfig
+from gateway.errors import StartupError
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,10 @@ class HttpServer:
             await site.start()
         except OSError as exc:
             await self._runner.cleanup()
-            raise OSError(
-                exc.errno, f"cannot listen on {self._config.host}:{self._config.port}: {exc}"
+            raise StartupError(
+                "cannot_listen",
+                f"metrics address {self._config.host}:{self._config.port} cannot be bound: "
+                f"{exc.strerror or exc} (http.host / http.port, --metrics-addr)",
             ) from exc
         # With port 0 the OS picks one; the runner knows which.
         self.port = int(self._runner.addresses[0][1])

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import time
+from typing import Protocol
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,15 +31,34 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry)
 
 
-def setup_logging(level: str, fmt: str, worker: str = "") -> None:
-    """Logs to stderr; `worker` names the process when several run (`--processes`)."""
-    handler = logging.StreamHandler(sys.stderr)
+class TextStream(Protocol):
+    """Where log lines go: stderr, or anything that writes text as stderr does."""
+
+    def write(self, text: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
+
+class TextFormatter(logging.Formatter):
+    """`2026-11-25T12:00:00.123+01:00 WARNING gateway.app: message`: local time, with its offset
+    from UTC (RFC 3339), so that a line read elsewhere or across a DST change is unambiguous."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        local = time.localtime(record.created)
+        offset = time.strftime("%z", local)  # +0100
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local)
+        return f"{stamp}.{int(record.msecs):03d}{offset[:3]}:{offset[3:]}"
+
+
+def setup_logging(level: str, fmt: str, worker: str = "", stream: TextStream | None = None) -> None:
+    """Logs to `stream` (stderr); `worker` names the process when several run (`--processes`)."""
+    handler = logging.StreamHandler(stream or sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter(worker))
     else:
         where = f"[{worker}] " if worker else ""
         handler.setFormatter(
-            logging.Formatter(f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s")
+            TextFormatter(f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -5,6 +5,15 @@ segment names and metrics port) subscribed through `$share/<client-id>/<filter>`
 splits the messages between them — the same mechanism that spreads load over machines on a
 clustered broker. The supervisor restarts a worker that dies, forwards SIGTERM (each worker
 drains), and serves one /metrics that sums the workers', plus /healthz and /readyz.
+
+Workers never outlive it: each asks for SIGHUP when the supervisor dies, however it dies (the
+parent-death signal), and then drains as on SIGTERM. Not SIGTERM itself: the kernel sends the
+signal again each time a thread of the dying supervisor ends, and a second SIGTERM means "stop
+now, without draining". The supervisor holds the data
+directory's lock for the base client id, as a gateway with that id would, and before it starts
+a worker it checks that no process (a worker of an earlier run, still draining) holds that
+worker's client id: it says so and waits, rather than start a twin that would fight it for the
+broker session and the segment files.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ from gateway.commands import post_seal
 from gateway.config import GatewayConfig
 from gateway.http import HttpServer
 from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
+from gateway.parent_death import die_with_parent
+from gateway.sinks.claim import claim_data_dir, lock_holder
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +46,8 @@ POLL_S = 1.0
 RESTART_MIN_S, RESTART_MAX_S = 0.5, 30.0
 # A worker that lived this long before dying is restarted at once again.
 HEALTHY_AFTER_S = 60.0
+# A stopping worker has shutdown_grace_s to drain, and this much more to seal and disconnect.
+STOP_MARGIN_S = 15.0
 
 WorkerMain = Callable[[GatewayConfig, str], None]
 
@@ -114,28 +127,82 @@ class Supervisor:
         self._stop.set()
 
     async def run(self) -> int:
-        """Until stopped: keep every worker running; then stop them all. 0 if all drained."""
-        await self._http.start()
+        """Until stopped: keep every worker running; then stop them all. 0 if all drained.
+
+        StartupError when the data directory is in use or not writable, or the metrics
+        address cannot be bound."""
+        lock = await claim_data_dir(self._config.files, self._config.mqtt.client_id)
         try:
-            for worker in self._workers:
-                self._start(worker)
-            while not self._stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(POLL_S):
-                        await self._stop.wait()
-                await self._watch()
-            return await self._stop_all()
+            await self._http.start()
+            try:
+                return await self._supervise()
+            finally:
+                await self._http.stop()
         finally:
-            await self._http.stop()
+            lock.release()
+
+    async def _supervise(self) -> int:
+        if not await self._earlier_workers_gone():
+            return 1
+        for worker in self._workers:
+            self._start(worker)
+        try:
+            while not self._stop.is_set():
+                await self._wait_for_stop(POLL_S)
+                await self._watch()
+        finally:
+            code = await self._stop_all()
+        return code
+
+    async def _wait_for_stop(self, timeout_s: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._stop.wait()
+
+    async def _earlier_workers_gone(self) -> bool:
+        """True once no process holds any of our workers' client ids in the data directory.
+
+        A holder is a worker of an earlier run: after its supervisor was killed it drains
+        (within shutdown_grace_s) and exits, so wait that long, saying so; False if it is still
+        there then (or we are told to stop meanwhile)."""
+        data_dir = self._config.files.data_dir
+        deadline = time.monotonic() + self._config.shutdown_grace_s + STOP_MARGIN_S
+        told: set[int] = set()
+        while True:
+            holders = {
+                w.config.mqtt.client_id: pid
+                for w in self._workers
+                if (pid := lock_holder(data_dir, w.config.mqtt.client_id)) is not None
+            }
+            if not holders:
+                return True
+            for client_id, pid in holders.items():
+                if pid not in told:
+                    told.add(pid)
+                    log.warning(
+                        "client id %s is still in use in %s by pid %s, a worker of an earlier "
+                        "run: waiting for it to stop before starting ours",
+                        client_id, data_dir, pid or "unknown",
+                    )  # fmt: skip
+            if time.monotonic() >= deadline or self._stop.is_set():
+                log.error(
+                    "not starting: workers of an earlier run still hold %s in %s (pids %s); "
+                    "stop them, then start again",
+                    ", ".join(holders), data_dir, ", ".join(map(str, holders.values())),
+                )  # fmt: skip
+                return False
+            await self._wait_for_stop(0.2)
 
     def _start(self, worker: _Worker) -> None:
         if worker.process is not None:  # a restart: a new port, in case the old one is taken
             worker.config = worker_config(self._config, worker.index)
         http = worker.config.http
         worker.url = f"http://{http.host}:{http.port}"
+        # Started from the event loop's (main) thread: the parent-death signal follows the
+        # thread that started the child, and this one lives as long as the supervisor.
         worker.process = self._context.Process(
-            target=self._main,
-            args=(worker.config, f"w{worker.index}"),
+            target=_worker_main,
+            args=(self._main, worker.config, f"w{worker.index}", os.getpid()),
             name=f"gateway-w{worker.index}",
         )
         worker.process.start()
@@ -196,7 +263,7 @@ class Supervisor:
         for worker in self._workers:
             if worker.process is not None and worker.process.is_alive():
                 worker.process.terminate()  # SIGTERM: the worker drains and seals
-        grace = self._config.shutdown_grace_s + 15
+        grace = self._config.shutdown_grace_s + STOP_MARGIN_S
         codes = []
         for worker in self._workers:
             proc = worker.process
@@ -209,6 +276,14 @@ class Supervisor:
                 await asyncio.to_thread(proc.join, 5)
             codes.append(proc.exitcode)
         return 0 if all(code == 0 for code in codes) else 1
+
+
+def _worker_main(main: WorkerMain, config: GatewayConfig, name: str, supervisor_pid: int) -> None:
+    """A worker's first steps: SIGHUP when the supervisor dies, then the gateway (which drains
+    on SIGHUP, however often it comes: see cli._serve)."""
+    if not die_with_parent(supervisor_pid, signal.SIGHUP):
+        log.warning("worker %s: no parent-death signal here; it may outlive its supervisor", name)
+    main(config, name)
 
 
 def detach_from_terminal() -> None:

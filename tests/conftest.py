@@ -1,4 +1,5 @@
-"""One real Mosquitto per test session; per-test brokers where a test must kill one."""
+"""One real Mosquitto per test session; per-test brokers where a test must kill one; and no
+process left behind at the end."""
 
 from __future__ import annotations
 
@@ -10,6 +11,13 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+
+# The run fails if a test leaves a process running (see tests/support/leftovers.py).
+from tests.support.leftovers import (  # noqa: F401
+    pytest_addoption,
+    pytest_configure,
+    pytest_sessionfinish,
+)
 
 _unique = itertools.count()
 

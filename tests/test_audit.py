@@ -190,6 +190,40 @@ def test_a_missing_dead_letter_record_is_not_ok(tmp_path: Path) -> None:
     assert report.total.missing == 0
     (device,) = [d for d in report.devices if d.faults_missing]
     assert device.device_id == "dev-00001"
+    assert report.faults_missing_by_kind == {"malformed_json": 1}
+    table = format_table(report)
+    assert table.splitlines()[-1] == "NOT OK: 1 faults not dead-lettered (malformed_json 1)"
+    assert "faults not dead-lettered: malformed_json 1" in table
+
+
+def test_each_missing_fault_kind_is_named_and_one_stored_as_a_reading_is_said_so(
+    tmp_path: Path,
+) -> None:
+    """Issue 11, problem 6: "NOT OK: 7 faults not dead-lettered" named no kind. An
+    out_of_range fault stored by a gateway without a check_range step is also explained."""
+    run = write_run(tmp_path)
+    # dev-00002's fault becomes an out_of_range one, which the gateway stored as a reading.
+    manifest = run.manifest.read_text(encoding="utf-8").splitlines(keepends=True)
+    manifest[3] = manifest[3].replace('"malformed_json","reason":"invalid_json"',
+                                      '"out_of_range","reason":"out_of_range"')  # fmt: skip
+    run.manifest.write_text("".join(manifest), encoding="utf-8")
+    out_of_range = data_line("dev-00002", BINARY_SEQ, {"temperature": 1e6})
+    run.rewrite([*run.lines(), out_of_range])
+    run.dead_letter.write_text("", encoding="utf-8")
+    report = audit(run.manifest, run.data_dir)
+    assert report.faults_missing_by_kind == {"malformed_json": 1, "out_of_range": 1}
+    assert report.faults_stored_by_kind == {"out_of_range": 1}
+    table = format_table(report)
+    assert table.splitlines()[-1] == (
+        "NOT OK: 2 faults not dead-lettered (malformed_json 1, out_of_range 1)"
+    )
+    assert "faults not dead-lettered: malformed_json 1\n" in table
+    assert (
+        "faults not dead-lettered: out_of_range 1 (1 stored as readings instead); a gateway "
+        "rejects these only with a check_range step" in table
+    )
+    body = json.loads(report.to_json())
+    assert body["faults_missing_by_kind"] == {"malformed_json": 1, "out_of_range": 1}
 
 
 def test_a_dead_letter_record_with_the_wrong_reason_is_reported(tmp_path: Path) -> None:

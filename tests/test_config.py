@@ -149,6 +149,18 @@ def test_check_config_lists_every_problem_and_exits_2(tmp_path: Path) -> None:
         assert where in out.stderr
 
 
+def test_check_config_rejects_a_range_whose_min_is_above_its_max(tmp_path: Path) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
+        "[[steps]]\nkind = 'drop_duplicates'\n"
+        "[[steps]]\nkind = 'check_range'\nmetric = 'temperature'\nmin = 150\nmax = -60\n"
+    )
+    out = _cli("check-config", str(path))
+    assert out.returncode == 2
+    assert "steps.1.check_range" in out.stderr
+    assert "min (150) is greater than max (-60)" in out.stderr
+
+
 def test_not_toml_and_missing_file_exit_2(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text("[mqtt\nport=")

@@ -1,11 +1,14 @@
-"""deploy/systemd: systemd itself accepts the unit, its sandbox scores well, and it agrees with
-the gateway (its command line parses, its stop timeout covers the drain)."""
+"""deploy/systemd: the documented installation works at the documented paths, systemd itself
+accepts the installed unit, its sandbox scores well, and it agrees with the gateway (its command
+line parses, its stop timeout covers the drain)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +18,11 @@ import pytest
 from gateway.cli import build_parser
 from gateway.config import GatewayConfig, load_config
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
 UNIT = DEPLOY / "systemd" / "gateway.service"
-INSTALLED_BINARY = "/usr/local/bin/gateway"
+VENV_DIR = "/opt/telemetry-gateway"  # where deploy/README.md installs the gateway
+INSTALLED_BINARY = f"{VENV_DIR}/bin/gateway"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 
 
@@ -127,3 +132,89 @@ def test_the_data_directory_is_the_state_directory_whatever_the_file_says(
     monkeypatch.setenv("GATEWAY_FILES__DATA_DIR", data_dir)
     config = load_config(DEPLOY / "gateway.example.toml")
     assert config.files.data_dir == Path(data_dir)
+
+
+# Stands in for `pip install .` into the new virtualenv (no package index needed): the
+# environment running the tests provides the packages, and `bin/gateway` is the console script
+# pip would write.
+PIP_INSTALL_STAND_IN = """
+import sys
+from pathlib import Path
+
+venv, paths = Path(sys.argv[1]), sys.argv[2:]
+(site_packages,) = venv.glob("lib/python*/site-packages")
+(site_packages / "gateway-under-test.pth").write_text("\\n".join(paths) + "\\n")
+script = venv / "bin" / "gateway"
+script.write_text(
+    f"#!{venv}/bin/python\\nimport sys\\nfrom gateway.cli import main\\nsys.exit(main())\\n"
+)
+script.chmod(0o755)
+"""
+
+
+def documented_install() -> list[list[str]]:
+    """The commands of deploy/README.md's systemd section, as argv lists (comments dropped)."""
+    text = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## On a server: systemd") :]
+    match = re.search(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    assert match, "the systemd section has its commands in a sh block"
+    return [argv for line in match[1].splitlines() if (argv := shlex.split(line, comments=True))]
+
+
+def in_private_mounts(script: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """Run `script` (sh) in a mount namespace of its own, /opt and /etc overlaid by directories
+    under tmp_path: it may install there as the instructions say, the machine is not touched."""
+    lines = ["set -eu"]
+    for target in ("opt", "etc"):
+        upper, work = tmp_path / f"{target}-upper", tmp_path / f"{target}-work"
+        upper.mkdir(parents=True)
+        work.mkdir(parents=True)
+        lines.append(
+            f"mount -t overlay overlay -o lowerdir=/{target},upperdir={upper},workdir={work} "
+            f"/{target}"
+        )
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        unshare.insert(1, "--map-root-user")  # a user namespace, where we may mount
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    return subprocess.run(
+        [*unshare, "sh", "-c", "\n".join([*lines, script])],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env=env, check=False,
+    )  # fmt: skip
+
+
+def test_the_documented_installation_works_at_the_documented_paths(tmp_path: Path) -> None:
+    """Issue 11, problem 6: `pip install .` as root fails on Debian 12
+    (externally-managed-environment). The instructions are run as written, except what needs
+    a package index or a running systemd."""
+    if SYSTEMD_ANALYZE is None or shutil.which("unshare") is None:
+        pytest.skip("needs systemd-analyze and unshare")
+    probe = in_private_mounts("true", tmp_path / "probe")
+    if probe.returncode != 0:
+        pytest.skip(f"no private mount namespace with overlays here: {probe.stderr.strip()}")
+
+    stand_in = tmp_path / "pip_install_stand_in.py"
+    stand_in.write_text(PIP_INSTALL_STAND_IN, encoding="utf-8")
+    environment = [*site.getsitepackages(), str(ROOT)]
+    commands, left_out = [], []
+    for argv in documented_install():
+        if argv[0] in ("apt-get", "systemctl", "journalctl"):
+            left_out.append(argv[0])
+        elif argv == [f"{VENV_DIR}/bin/pip", "install", "."]:
+            left_out.append("pip install .")
+            commands.append([sys.executable, str(stand_in), VENV_DIR, *environment])
+        elif argv[:3] == ["python3", "-m", "venv"]:
+            commands.append([sys.executable, *argv[1:]])  # the Python of the test environment
+        else:
+            commands.append(argv)
+    assert left_out == ["apt-get", "pip install .", "systemctl", "journalctl"], left_out
+    assert [f"{VENV_DIR}/bin/gateway", "check-config", "/etc/telemetry-gateway/gateway.toml"] in (
+        commands
+    )
+    assert ["systemd-analyze", "verify", "/etc/systemd/system/telemetry-gateway.service"] in (
+        commands
+    )
+    out = in_private_mounts("\n".join(map(shlex.join, commands)), tmp_path / "run")
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr
+    assert '"client_id": "telemetry-gateway"' in out.stdout, "check-config printed the config"
+    assert "telemetry-gateway.service" not in out.stderr, "systemd has nothing to say about it"

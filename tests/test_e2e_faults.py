@@ -11,6 +11,8 @@ import asyncio
 import itertools
 import json
 import os
+import re
+import signal
 import threading
 import time
 from collections import Counter
@@ -19,10 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 import pytest_asyncio
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
+from gateway.errors import DrainError
 from gateway.sinks.lines import hour_partition
 from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
@@ -176,7 +180,7 @@ class Stream:
 async def gateway_process(
     broker: Broker, tmp_path: Path, unique: str, protocol: str
 ) -> AsyncIterator[GatewayProcess]:
-    gw = GatewayProcess(broker, tmp_path, unique, protocol)
+    gw = GatewayProcess(broker, tmp_path, unique, protocol=protocol)
     try:
         yield gw
     finally:
@@ -315,6 +319,22 @@ async def test_sigterm_mid_stream_drains_seals_exits_0_and_leaves_the_rest_at_th
     assert duplicates == 0, f"a clean stop redelivered stored readings: {summary}"
 
 
+async def test_sighup_drains_once_however_often_it_comes(
+    gateway_process: GatewayProcess,
+) -> None:
+    """SIGHUP is what a worker gets when its supervisor dies (the parent-death signal), once
+    per thread of the dying supervisor: the first drains, the rest must not cut the drain."""
+    gw = gateway_process
+    gw.start()
+    await gw.ready()
+    assert gw.proc is not None
+    for _ in range(3):
+        gw.proc.send_signal(signal.SIGHUP)
+    assert await gw.exited() == 0, gw.log[-3000:]
+    assert gw.log.count("SIGHUP received: draining") == 1
+    assert "stopped cleanly" in gw.log
+
+
 # -- 4. and 5. a partition the sink cannot create -------------------------------------------
 
 
@@ -396,16 +416,21 @@ async def test_acks_wait_for_the_disk_so_a_stop_while_writes_fail_loses_nothing(
     messages = readings(unique, devices=100, seqs=range(5), ts=ts)  # 500
     sent = keys_of(messages)
     first = Gateway(config)
-    async with running(first):
-        await publish(own_broker.host, own_broker.port, messages)
-        await eventually(
-            lambda: (
-                sample(first, "gateway_unacked_messages") > 0
-                and sample(first, "gateway_write_errors_total", **NOT_A_DIRECTORY) > 0
-            ),
-            message="received, failing to write, unacked",
-        )
-        # Leaving the block stops it: the drain cannot finish within 2 s and gives up.
+
+    async def stop_while_stuck() -> None:
+        async with running(first):
+            await publish(own_broker.host, own_broker.port, messages)
+            await eventually(
+                lambda: (
+                    sample(first, "gateway_unacked_messages") > 0
+                    and sample(first, "gateway_write_errors_total", **NOT_A_DIRECTORY) > 0
+                ),
+                message="received, failing to write, unacked",
+            )
+            # Leaving the block stops it: the drain cannot finish within 2 s and gives up.
+
+    with pytest.raises(DrainError, match=r"within 2s: \d+ messages left unacked"):
+        await stop_while_stuck()
     assert sample(first, "gateway_readings_written_total") == 0
     assert not read_lines(config.files.data_dir, include_open=True)
 
@@ -420,3 +445,40 @@ async def test_acks_wait_for_the_disk_so_a_stop_while_writes_fail_loses_nothing(
     assert redelivered > 0, "the unacked in-flight messages came back flagged DUP"
     missing, _, summary = accounting(stored(config.files.data_dir), sent)
     assert not missing, f"readings lost though never acked: {summary}"
+
+
+async def test_a_stop_whose_drain_fails_exits_non_zero_saying_what_is_left_unacked(
+    broker: Broker, gateway_process: GatewayProcess, unique: str
+) -> None:
+    """Issue 11, problem 4: it used to log "stopped cleanly" and exit 0."""
+    gw = gateway_process
+    text = gw.config_path.read_text(encoding="utf-8")
+    gw.config_path.write_text(text.replace("shutdown_grace_s = 20", "shutdown_grace_s = 2"))
+    ts = this_hour()
+    blocker = block_partition(gw.data_dir, ts)
+    messages = readings(unique, devices=20, seqs=range(5), ts=ts)  # 100
+    gw.start()
+    await gw.ready()
+    await publish(broker.host, broker.port, messages)
+
+    async def stuck() -> bool:
+        return await gw.metric("gateway_unacked_messages") > 0 and (
+            await gw.metric("gateway_write_errors_total", **NOT_A_DIRECTORY) > 0
+        )
+
+    await eventually(stuck, message="received, failing to write, unacked")
+    assert await gw.terminate() == 1, gw.log[-3000:]
+    assert re.search(
+        r"stopped without draining: the drain did not finish within 2s: \d+ messages left "
+        r"unacked; the broker redelivers them on the next start",
+        gw.log,
+    ), gw.log[-3000:]
+    assert "stopped cleanly" not in gw.log
+
+    blocker.unlink()
+    gw.start()
+    await gw.ready()
+    await eventually(
+        holds_all(gw.data_dir, keys_of(messages)), message="redelivered on the next start"
+    )
+    assert await gw.terminate() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,9 +14,11 @@ from tests.support.broker import free_port
 from tests.support.poll import eventually_sync
 
 
-def _run(tmp_path: Path, *flags: str) -> tuple[int, list[str]]:
+def _run(tmp_path: Path, *flags: str, tz: str | None = None) -> tuple[int, list[str]]:
     log = tmp_path / "gateway.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    if tz is not None:
+        env["TZ"] = tz
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "run",
@@ -47,3 +50,13 @@ def test_text_logs_are_for_people(tmp_path: Path) -> None:
     assert code == 0
     assert any(" WARNING " in line and "retrying" in line for line in lines)
     assert not lines[0].startswith("{")
+
+
+def test_text_logs_carry_the_time_zone(tmp_path: Path) -> None:
+    """Local time with its UTC offset (RFC 3339). The POSIX zone `XST-5:30` is UTC+05:30 and
+    needs no zone database."""
+    code, lines = _run(tmp_path, tz="XST-5:30")
+    assert code == 0
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+05:30"
+    assert all(re.match(stamp + " ", line) for line in lines if line[:1].isdigit()), lines[:3]
+    assert re.match(stamp + r" INFO ", lines[0]), lines[0]

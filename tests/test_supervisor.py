@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest_asyncio
 
 from tests.support.broker import Broker
+from tests.support.children import is_alive
 from tests.support.gateway import fleet, read_lines
 from tests.support.poll import eventually
 from tests.support.process import GatewayProcess
@@ -139,3 +140,79 @@ async def _equals(total: Awaitable[float], expected: float) -> bool:
 def _read(request: urllib.request.Request) -> bytes:
     with urllib.request.urlopen(request, timeout=30) as response:
         return bytes(response.read())
+
+
+def _worker_pids(gw: GatewayProcess) -> list[int]:
+    return [int(p) for p in re.findall(r"worker \d started \(pid (\d+)", gw.log)]
+
+
+async def test_workers_stop_when_their_supervisor_is_killed_and_a_new_one_starts_cleanly(
+    broker: Broker, supervised: GatewayProcess, tmp_path: Path, unique: str
+) -> None:
+    """Issue 11, problem 3: SIGKILL of the supervisor used to leave its workers running, and a
+    new supervisor started twins of them (same client ids) that fought them."""
+    gw = supervised
+    gw.start("--processes", "2")
+    await gw.ready(timeout_s=60)
+    await publish(broker.host, broker.port, list(fleet(unique, devices=10, per_device=10)))
+    await eventually(lambda: _at_least(gw, 100), timeout_s=60, message="100 written")
+    pids = _worker_pids(gw)
+    assert len(pids) == 2
+    gw.kill()
+    await eventually(
+        lambda: not any(is_alive(pid) for pid in pids),
+        timeout_s=60,
+        message="the workers stop with their supervisor",
+    )
+    assert not list(gw.data_dir.glob("**/*.open")), "each worker drained and sealed (SIGTERM)"
+
+    gw.start("--processes", "2")
+    await gw.ready(timeout_s=60)
+    await publish(broker.host, broker.port, list(fleet(unique, devices=10, per_device=20))[100:])
+    await eventually(lambda: _stored_at_least(gw, 200), timeout_s=60, message="all stored")
+    assert await gw.terminate() == 0, gw.log[-3000:]
+
+
+async def test_a_supervisor_waits_for_a_live_worker_of_an_earlier_run_instead_of_a_twin(
+    broker: Broker, supervised: GatewayProcess, tmp_path: Path, unique: str
+) -> None:
+    """A worker that outlived its supervisor (here: a gateway holding worker 0's client id and
+    data directory) is named, and waited for, before any worker starts."""
+    gw = supervised
+    earlier = GatewayProcess(broker, tmp_path / "earlier", f"{unique}-w0", data_dir=gw.data_dir)
+    try:
+        earlier.start()
+        await earlier.ready()
+        gw.start("--processes", "2")
+        assert earlier.proc is not None
+        message = (
+            f"client id gw-{unique}-w0 is still in use in {gw.data_dir} by pid "
+            f"{earlier.proc.pid}, a worker of an earlier run"
+        )
+        await eventually(lambda: message in gw.log, timeout_s=30, message="it says so")
+        assert "started (pid" not in gw.log, "no worker started beside it"
+        status, _ = await get(f"{gw.url}/readyz")
+        assert status == 503
+        assert await earlier.terminate() == 0
+    finally:
+        earlier.cleanup()
+    await gw.ready(timeout_s=60)
+    assert len(_worker_pids(gw)) == 2
+
+
+async def test_a_second_supervisor_on_the_same_directory_and_client_id_refuses_to_start(
+    broker: Broker, supervised: GatewayProcess, tmp_path: Path, unique: str
+) -> None:
+    gw = supervised
+    gw.start("--processes", "2")
+    await gw.ready(timeout_s=60)
+    second = GatewayProcess(broker, tmp_path / "second", unique, data_dir=gw.data_dir)
+    try:
+        second.start("--processes", "2")
+        assert await second.exited() == 1
+    finally:
+        second.cleanup()
+    assert gw.proc is not None
+    assert f"data directory {gw.data_dir} is in use" in second.log
+    assert f"pid {gw.proc.pid}" in second.log
+    assert "started (pid" not in second.log

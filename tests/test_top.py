@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import io
 import os
-import pty
 import re
-import select
-import signal
-import struct
 import subprocess
 import sys
-import termios
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,6 +22,7 @@ from tests.support.broker import Broker, free_port
 from tests.support.gateway import fleet, make_config, running, topic
 from tests.support.poll import eventually
 from tests.support.publish import publish
+from tests.support.terminal import Terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,47 +102,20 @@ async def test_live_view_redraws_in_a_terminal_and_exits_0_on_ctrl_c(
 
 
 def _run_in_pty(url: str, frames: int) -> subprocess.CompletedProcess[str]:
-    """Run `gateway top` on a 120x40 pseudo-terminal until it drew `frames` frames; Ctrl-C it."""
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    """Run `gateway top` on a 120x40 terminal until it drew `frames` frames; type Ctrl-C."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR")}
-    proc = subprocess.Popen(
+    terminal = Terminal(
         [sys.executable, "-m", "gateway", "top", "--url", url, "--interval", "0.2"],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
         cwd=ROOT,
         env={**env, "TERM": "xterm-256color"},
-        start_new_session=True,
     )
-    os.close(slave)
-    chunks: list[bytes] = []
     try:
-        deadline = time.monotonic() + 30
-        while b"".join(chunks).count(b"Broker") < frames and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                with contextlib.suppress(OSError):  # EIO once the child has gone
-                    chunks.append(os.read(master, 65536))
-            if proc.poll() is not None:
-                break
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=10)
-        while select.select([master], [], [], 0.1)[0]:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            chunks.append(data)
+        terminal.read_until(lambda text: text.count("Broker") >= frames, timeout_s=30)
+        terminal.ctrl_c()
+        code = terminal.wait(timeout_s=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    text = b"".join(chunks).decode(errors="replace")
-    assert text.count("Broker") >= frames, text[-2000:]
-    return subprocess.CompletedProcess(proc.args, proc.returncode, text, "")
+        terminal.close()
+    return subprocess.CompletedProcess(terminal.proc.args, code, terminal.text, "")
 
 
 async def test_live_view_renders_each_refresh_on_a_recorded_console(

@@ -19,8 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 class GatewayProcess:
     """`python -m gateway run --config FILE`, its log in a file, polled over HTTP."""
 
-    def __init__(self, broker: Broker, tmp_path: Path, prefix: str, protocol: str = "auto") -> None:
-        self.data_dir = tmp_path / "data"
+    def __init__(
+        self,
+        broker: Broker,
+        tmp_path: Path,
+        prefix: str,
+        data_dir: Path | None = None,
+        protocol: str = "auto",
+    ) -> None:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir or tmp_path / "data"
         self.log_path = tmp_path / "gateway.log"
         self.config_path = tmp_path / "gateway.toml"
         port = free_port()
@@ -87,6 +95,11 @@ class GatewayProcess:
         self._alive()
         return value(await scrape(self.url), name, **labels)
 
+    async def exited(self, timeout_s: float = 20) -> int:
+        """The exit code of a gateway that stops by itself (e.g. refusing to start)."""
+        assert self.proc is not None, "not started"
+        return await _exit_code(self.proc, timeout_s, "the gateway exits by itself")
+
     def kill(self) -> None:
         proc = self._alive()
         proc.send_signal(signal.SIGKILL)
@@ -96,15 +109,22 @@ class GatewayProcess:
         """SIGTERM, then the exit code once it has drained and stopped."""
         proc = self._alive()
         proc.send_signal(signal.SIGTERM)
-        await eventually(
-            lambda: proc.poll() is not None,
-            timeout_s=timeout_s,
-            interval_s=0.05,
-            message="gateway exits after SIGTERM",
-        )
-        return proc.returncode
+        return await _exit_code(proc, timeout_s, "gateway exits after SIGTERM")
 
     def cleanup(self) -> None:
+        """Stop it if it still runs: SIGTERM first, so that a supervisor stops its workers (a
+        SIGKILLed one would leave them to stop on their own), SIGKILL only if it hangs."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=30)
+
+
+async def _exit_code(proc: subprocess.Popen[bytes], timeout_s: float, message: str) -> int:
+    await eventually(
+        lambda: proc.poll() is not None, timeout_s=timeout_s, interval_s=0.05, message=message
+    )
+    return proc.returncode
