@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks import reference
+from benchmarks import proc_stats, reference
 from benchmarks.audit_files import audit_dirs
 from benchmarks.broker import BenchBroker
 from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
@@ -39,6 +39,7 @@ class Drain:
     startup_s: float | None = None  # gateway: spawn until /metrics first answered
     # Gateway: CPU seconds from that first answer (imports done) until done; None: not known.
     cpu_running_s: float | None = None
+    broker_cpu_s: float | None = None  # Mosquitto's CPU seconds over `elapsed_s`
     # Several gateways: spawn until the first of them answered (none consumed before that).
     first_answer_s: float | None = None
     audit: dict[str, Any] | None = None  # gateway: what the audit found in its files
@@ -69,6 +70,13 @@ class Drain:
         return self.delivered / running_s if running_s > 0 else math.nan
 
     @property
+    def broker_cpu_share(self) -> float:
+        """The broker's CPU per second of the drain (1.0 = one core busy)."""
+        if self.broker_cpu_s is None or self.elapsed_s <= 0:
+            return math.nan
+        return self.broker_cpu_s / self.elapsed_s
+
+    @property
     def cpu_per_100k(self) -> float:
         return self.cpu_s / self.delivered * 100_000 if self.delivered else math.nan
 
@@ -87,6 +95,7 @@ class Drain:
             running_rate=self.running_rate,
             cpu_s_per_100k=self.cpu_per_100k,
             cpu_us_per_message=self.cpu_us_per_message,
+            broker_cpu_share=self.broker_cpu_share,
         )
         return out
 
@@ -107,14 +116,25 @@ def drain_reference(
 ) -> Drain:
     """mosquitto_sub resumes its session and exits at the `expected`-th message."""
     out_path = workdir / f"{client_id}.out"
+    broker_cpu = proc_stats.cpu_seconds(broker.pid)
     with out_path.open("wb") as out:
         start = time.monotonic()
         proc = children.spawn(reference.drain_command(broker, client_id, qos, expected), stdout=out)
     ended, error = wait_or_stop(children, proc, timeout_for(expected))
+    broker_cpu = proc_stats.cpu_seconds(broker.pid) - broker_cpu
     finished, cpu_s, peak = ended
     delivered = reference.count_lines(out_path)
     out_path.unlink()
-    return Drain("mosquitto_sub", expected, delivered, finished - start, cpu_s, peak, error=error)
+    return Drain(
+        "mosquitto_sub",
+        expected,
+        delivered,
+        finished - start,
+        cpu_s,
+        peak,
+        error=error,
+        broker_cpu_s=broker_cpu,
+    )
 
 
 def drain_gateways(
@@ -131,6 +151,7 @@ def drain_gateways(
     """Start the gateways together; done when their readings written + rejected add up to
     `expected`; then stop them (they seal their files) and audit the files."""
     gateways = [GatewayProcess(children, broker, s, workdir / s.client_id) for s in setups]
+    broker_cpu = proc_stats.cpu_seconds(broker.pid)
     start = time.monotonic()
     for gateway in gateways:
         gateway.start()
@@ -145,9 +166,12 @@ def drain_gateways(
     finally:
         for p in profiler:
             p.stop()
-    return finish_gateways(
+    broker_cpu = proc_stats.cpu_seconds(broker.pid) - broker_cpu
+    result = finish_gateways(
         gateways, watch, label=label, expected=expected, manifest=manifest, workdir=workdir
     )
+    result.broker_cpu_s = broker_cpu
+    return result
 
 
 @dataclass

@@ -50,11 +50,22 @@ class Admission:
         self._warned: set[str] = set()
 
     async def __call__(self, bursts: list[Inbound]) -> None:
-        for burst in bursts:
-            await self._admit(burst)
-
-    async def _admit(self, burst: Inbound) -> None:
+        # Every burst is decoded and counted before the first wait for room: a message counted
+        # as received (by the source, just before this call) is in flight or settled, never in
+        # between.
         received_at = time.time()
+        decoded = [self._decode_burst(burst, received_at) for burst in bursts]
+        m = self._metrics
+        items = sum(d[3] for d in decoded)
+        m.readings_received.inc(items)
+        m.in_flight.inc(items)
+        for burst, (routed, droppable, rejections, _) in zip(bursts, decoded, strict=True):
+            await self._route(burst, routed, droppable, rejections)
+
+    def _decode_burst(
+        self, burst: Inbound, received_at: float
+    ) -> tuple[list[list[Reading]], list[list[Reading]], list[Rejection], int]:
+        """(readings per worker, droppable readings per worker, rejections, items)."""
         decode = self._decode
         shards = self._shards
         n_shards = len(shards)
@@ -92,9 +103,18 @@ class Admission:
                         devices.add(device)
                     lanes[hash(device) % n_shards].append(reading)
             items += len(readings)
+        return routed, droppable, rejections, items
+
+    async def _route(
+        self,
+        burst: Inbound,
+        routed: list[list[Reading]],
+        droppable: list[list[Reading]],
+        rejections: list[Rejection],
+    ) -> None:
+        """Put a decoded burst on the channels; each envelope holds a part of its ack."""
         m = self._metrics
-        m.readings_received.inc(items)
-        m.in_flight.inc(items)
+        shards = self._shards
         ack = burst.ack
         if rejections:
             await self._rejects.put(Envelope(rejections, ack.hold()))

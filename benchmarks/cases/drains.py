@@ -16,6 +16,7 @@ COLUMNS = [
     "× ref",
     "CPU µs/msg",
     "CPU s/100k",
+    "broker CPU %",
     "peak RSS MB",
     "startup s",
     "result",
@@ -51,6 +52,10 @@ class Summary:
     def cpu_us_per_message(self) -> float:
         """Median CPU per message once started (see Drain.cpu_us_per_message)."""
         return median([d.cpu_us_per_message for d in self.drains if d.complete])
+
+    @property
+    def broker_cpu_share(self) -> float:
+        return median([d.broker_cpu_share for d in self.drains if d.complete])
 
     @property
     def peak_rss_bytes(self) -> float:
@@ -89,6 +94,7 @@ class Summary:
             ratio(self.rate / reference_rate if reference_rate else math.nan),
             num(self.cpu_us_per_message, 1),
             num(self.cpu_per_100k, 2),
+            num(self.broker_cpu_share * 100),
             mb(self.peak_rss_bytes),
             num(self.startup_s, 2),
             self.verdict(),
@@ -102,6 +108,7 @@ class Summary:
             "median_running_rate": self.running_rate,
             "median_cpu_s_per_100k": self.cpu_per_100k,
             "median_cpu_us_per_message": self.cpu_us_per_message,
+            "median_broker_cpu_share": self.broker_cpu_share,
             "median_peak_rss_bytes": self.peak_rss_bytes,
             "median_startup_s": self.startup_s,
             "rounds": [d.as_dict() for d in self.drains],

@@ -149,11 +149,9 @@ class MqttSource:
 
     def take(self, burst: Inbound, redelivered: int) -> None:
         """A burst from the current wire: hold it for the run loop, within the intake bounds."""
-        count = len(burst)
         self._pending.append(burst)
-        self._pending_messages += count
+        self._pending_messages += len(burst)
         self._pending_bytes += burst.nbytes
-        self._metrics.messages_received.inc(count)
         if redelivered:
             self._metrics.mqtt_redeliveries.inc(redelivered)
         self._last_message_at = time.monotonic()
@@ -399,6 +397,9 @@ class MqttSource:
                     )
             if self._pending:
                 bursts, self._pending = self._pending, []
+                # Counted as received when handed on, in the same step as the handler counts
+                # them in flight: received = in flight + settled holds at every scrape.
+                self._metrics.messages_received.inc(self._pending_messages)
                 self._pending_messages = self._pending_bytes = 0
                 self._resume()
                 await self._handler(bursts)
