@@ -229,15 +229,17 @@ async def test_every_message_is_acked_once_stored_and_nothing_is_left_unacked(
     config = make_config(broker, tmp_path, unique, mqtt={"protocol": protocol})
     async with running(Gateway(config)) as gateway:
         await publish(broker.host, broker.port, fleet(unique, devices=3, per_device=100), qos=1)
-        await eventually(lambda: written(gateway) == 100)
+        await eventually(lambda: written(gateway) == 300)
         await eventually(lambda: gateway.metrics.sample("gateway_unacked_messages") == 0)
         assert gateway.metrics.sample("gateway_mqtt_protocol", version=protocol) == 1
+    data_dir = config.files.data_dir
     async with running(Gateway(config)) as gateway:
-        # Anything unacked would come back now; wait for a marker sent after to be sure.
-        await publish(
-            broker.host, broker.port, [(topic(unique, "dev-last"), payload("dev-last", 1))]
+        # Anything unacked would come back first, before a marker published now.
+        marker = [(topic(unique, "dev-last"), payload("dev-last", 1))]
+        await publish(broker.host, broker.port, marker)
+        await eventually(
+            lambda: any(r["device_id"] == "dev-last" for r in read_lines(data_dir, True))
         )
-        await eventually(lambda: written(gateway) >= 1)
         assert written(gateway) == 1
         assert gateway.metrics.sample("gateway_mqtt_redeliveries_total") == 0
 
