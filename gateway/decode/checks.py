@@ -45,9 +45,16 @@ def resolve_device_id(payload_id: str | None, topic_id: str | None) -> str:
     return payload_id
 
 
-def error_from_msgspec(exc: msgspec.DecodeError, payload: bytes) -> DecodeError:
+def error_from_msgspec(
+    exc: msgspec.DecodeError | UnicodeDecodeError, payload: bytes
+) -> DecodeError:
     """Our reason for a msgspec error. Its message names the place in our schema (`$.metrics`)
-    and what was expected, never the payload's own text, so it may go into the detail."""
+    and what was expected, never the payload's own text, so it may go into the detail.
+
+    msgspec before 0.23 raises UnicodeDecodeError (not its DecodeError) for a string that is not
+    UTF-8: both are invalid JSON here."""
+    if isinstance(exc, UnicodeDecodeError):
+        return DecodeError("invalid_json", "a string is not valid UTF-8")
     message = str(exc)
     reason: RejectReason
     if not isinstance(exc, msgspec.ValidationError):

@@ -58,7 +58,7 @@ class JsonReadingDecoder:
             decoded = self._decode(payload)
         except msgspec.ValidationError:
             decoded = self._with_booleans(payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise error_from_msgspec(exc, payload) from None
         if decoded.__class__ is not list:
             return [self._reading(decoded, topic, payload, fields, received_at)]  # type: ignore[arg-type]
@@ -74,7 +74,7 @@ class JsonReadingDecoder:
     def _with_booleans(self, payload: bytes) -> _ReadingIn | list[_ReadingIn]:
         try:
             decoded = self._decode_booleans(payload)
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise error_from_msgspec(exc, payload) from None
         for item in decoded if isinstance(decoded, list) else [decoded]:
             metrics = item.metrics

@@ -75,7 +75,7 @@ class SenmlDecoder:
             # only then.
             if b'_"' in payload:
                 _refuse_must_understand(self._decode_any(payload))
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
             raise error_from_msgspec(exc, payload) from None
         readings: dict[tuple[str, float], Reading] = {}
         base_time = 0.0

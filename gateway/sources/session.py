@@ -236,9 +236,11 @@ class MqttSource:
 
     def _before_sleep(self, state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome is not None else None
+        # next_action.sleep, not upcoming_sleep: the latter is new in tenacity 8.2.3.
+        delay = state.next_action.sleep if state.next_action is not None else 0.0
         if isinstance(error, BrokerError):
             self._reporter.report(
-                error, f"retrying in {state.upcoming_sleep:.1f}s (attempt {state.attempt_number})"
+                error, f"retrying in {delay:.1f}s (attempt {state.attempt_number})"
             )
 
     # -- one connection ----------------------------------------------------------------------
