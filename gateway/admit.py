@@ -39,6 +39,7 @@ class Admission:
     ) -> None:
         decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
         self._decode = decoders.single or decoders
+        metrics.count_left_out(decoders.values_left_out)
         self._metrics = metrics
         self._shards = shards
         self._rejects = rejects
@@ -65,6 +66,7 @@ class Admission:
         track_devices = len(devices) < self._max_devices
         drop_qos0 = self._drop_qos0
         items = 0
+        filtered = 0  # messages a mapping read to nothing it keeps (no_metrics = "drop")
         for topic, payload, qos in zip(burst.topics, burst.payloads, burst.qos, strict=True):
             try:
                 readings = decode(topic, payload, received_at)
@@ -77,6 +79,9 @@ class Admission:
             except Exception as exc:
                 rejections.append(self._internal_error(topic, payload, exc, received_at))
                 items += 1
+                continue
+            if not readings:
+                filtered += 1
                 continue
             # Under drop_oldest, QoS 0 readings never wait: they may be dropped instead.
             lanes = droppable if (drop_qos0 and qos == 0) else routed
@@ -93,8 +98,10 @@ class Admission:
                     lanes[hash(device) % n_shards].append(reading)
             items += len(readings)
         m = self._metrics
-        m.readings_received.inc(items)
+        m.readings_received.inc(items + filtered)
         m.in_flight.inc(items)
+        if filtered:
+            m.dropped["filtered"].inc(filtered)
         ack = burst.ack
         if rejections:
             await self._rejects.put(Envelope(rejections, ack.hold()))
