@@ -60,8 +60,8 @@ _SHELLY_UNITS = {
 # Per-component bookkeeping that is not a measurement: instance ids, the last command's
 # source, error lists, the per-minute energy array and its timestamp.
 _SHELLY_EXCLUDE = (
-    *("id", "source", "errors"),
-    *("*.id", "*.source", "*.errors", "*.by_minute", "*.minute_ts"),
+    *("id", "source", "errors", "timer_started_at"),
+    *("*.id", "*.source", "*.errors", "*.by_minute", "*.minute_ts", "*.timer_started_at"),
 )
 
 PRESETS: Mapping[str, Preset] = MappingProxyType(
@@ -85,6 +85,9 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
                 # last_seen/elapsed describe the bridge's view, update/device are metadata.
                 exclude=("last_seen", "elapsed", "update", "update_available", "device"),
                 units=_ZIGBEE2MQTT_UNITS,
+                # A button's {"action": "single"} or an OTA {"update": ...} alone: an event,
+                # not telemetry; dropped (counted), not dead-lettered.
+                no_metrics="drop",
             ),
             source="https://www.zigbee2mqtt.io/guide/usage/mqtt_topics_and_messages.html",
             notes=(

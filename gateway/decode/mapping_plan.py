@@ -12,6 +12,8 @@ import math
 from fnmatch import fnmatchcase
 from typing import Any
 
+import msgspec
+
 from gateway.decode.timestamps import QUOTE
 from gateway.errors import DecodeError
 from gateway.model import METRIC_NAME
@@ -191,10 +193,10 @@ def shown(value: Value) -> str:
         text = "true" if value else "false"
     elif value.__class__ is str:
         text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    elif isinstance(value, dict):
-        text = "{...}"
-    elif isinstance(value, list):
-        text = "[...]"
+    elif isinstance(value, dict | list):
+        text = msgspec.json.encode(value).decode()
+    elif value.__class__ is float and value.is_integer() and abs(value) < 1e15:
+        text = str(int(value))  # as it was sent: the decoder made every number a float
     else:
         text = repr(value)
     return text if len(text) <= _VALUE_QUOTE else text[: _VALUE_QUOTE - 3] + "..."
