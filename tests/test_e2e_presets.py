@@ -78,12 +78,13 @@ async def test_a_simulated_fleet_in_each_preset_shape_is_stored_and_audited_clea
     assert report.total.faults_found == report.total.faults_expected > 0
     assert not report.dead_letter_unmatched, format_table(report)
     # The audit command says the same.
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "--manifest", str(manifest),
-         "--data-dir", str(config.files.data_dir)],
-        capture_output=True, text=True, timeout=60, check=False,
+    done = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "audit", "--manifest", str(manifest),
+        "--data-dir", str(config.files.data_dir),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
+    output, _ = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 0, output.decode()
 
 
 async def test_gateway_run_home_hash_with_flat_json_stores_flat_payloads(
