@@ -19,19 +19,14 @@ import msgspec
 
 from gateway.config import LimitsConfig, MappingConfig
 from gateway.decode.checks import error_from_msgspec
+from gateway.decode.mapping_payload import PayloadFields, Shape, skeleton
 from gateway.decode.mapping_plan import MISSING, Node, Planner, Step, lookup, shown, tag_text
-from gateway.decode.timestamps import EPOCH_MS_ABOVE, MILLIS, QUOTE, TimestampParser, parse_iso
+from gateway.decode.timestamps import MILLIS
 from gateway.errors import DecodeError
-from gateway.model import UNIT_NAME, Reading
-from gateway.subscriptions import Source, parse_path, parse_sources
+from gateway.model import Reading
+from gateway.subscriptions import Source, parse_sources
 from gateway.topics import DEVICE_ID_FIELD, METRIC_FIELD, SharedTags, TopicFields, TopicTemplate
 
-# What the typed decode expects: an object of scalars and objects of scalars, as most devices
-# send; msgspec makes every JSON number a float in C on the way. Deeper levels stay generic
-# (their ints are converted one by one); anything else (an array, a number) is decoded again
-# generically, to say what it is.
-_Scalar = float | str | bool | None
-_Shape = dict[str, _Scalar | dict[str, _Scalar | dict[str, Any] | list[Any]] | list[Any]]
 # Notes kept for a rejection's detail.
 DETAIL_NOTES = 4
 _JSON_START = frozenset(b'{["-0123456789tfn')
@@ -45,26 +40,15 @@ class MappingDecoder:
     __slots__ = (
         "_decode_any",
         "_decode_typed",
-        "_device_from_topic",
-        "_device_sources",
         "_drop_empty",
         "_nodes",
+        "_payload",
         "_planner",
+        "_root_key",
         "_root_text",
-        "_seconds",
-        "_seq_sources",
         "_static_tags",
         "_strings_as_tags",
-        "_tag_fields",
         "_template",
-        "_ts",
-        "_ts_keys",
-        "_ts_received",
-        "_ts_received_only",
-        "_ts_sources",
-        "_unit_names",
-        "_unit_paths",
-        "_units_seen",
         "_value_name",
         "_value_shape",
         "_value_source",
@@ -78,20 +62,11 @@ class MappingDecoder:
         del limits  # one reading per message: the common checks bound the rest
         self._template = template
         self._planner = Planner(mapping)
+        self._payload = PayloadFields(mapping, self._planner)
         self._root_text = mapping.root
+        root = self._planner.root
+        self._root_key = root[0] if len(root) == 1 else None
         self._value_shape = mapping.shape == "value"
-        self._device_sources = parse_sources(mapping.device_id)
-        self._ts_sources = parse_sources(mapping.ts, received=True, topic=False)
-        # The common cases, without a loop over sources: receipt time only; top-level keys
-        # then perhaps the receipt time. None: any other (nested paths).
-        self._ts_received = self._ts_sources[-1].kind == "received"
-        payload_ts = [s.path for s in self._ts_sources if s.kind == "payload"]
-        self._ts_keys: tuple[str, ...] | None = (
-            tuple(path[0] for path in payload_ts) if all(len(p) == 1 for p in payload_ts) else None
-        )
-        self._ts_received_only = len(self._ts_sources) == 1 and self._ts_received
-        self._device_from_topic = self._device_sources[0].kind == "topic"
-        self._seq_sources = parse_sources(mapping.seq, topic=False) if mapping.seq else ()
         # The metric prefix (object) or the value's metric name (value): from the topic, or
         # (a value's) a constant.
         name_text = mapping.value_name if self._value_shape else mapping.metric_prefix
@@ -100,16 +75,12 @@ class MappingDecoder:
         )
         self._value_name = mapping.value_name if self._value_source is None else ""
         self._static_tags = dict(mapping.tags)
-        self._tag_fields = [(name, parse_path(path)) for name, path in mapping.tag_fields.items()]
-        self._unit_paths = self._planner.unit_paths
-        self._unit_names = dict(mapping.unit_names)
-        self._units_seen: dict[str, str | None] = {}
         self._strings_as_tags = mapping.strings == "tag"
         self._drop_empty = mapping.no_metrics == "drop"
-        self._decode_typed = msgspec.json.Decoder(_Shape).decode
+        # A payload with a root: only the keys the mapping reads; without: all of it.
+        shape = skeleton(root, self._planner.read_paths) if root else Shape
+        self._decode_typed = msgspec.json.Decoder(shape).decode
         self._decode_any = msgspec.json.Decoder().decode
-        self._ts = TimestampParser()
-        self._seconds = self._ts.seconds
         self._nodes: dict[str, Node] = {}
         self.left_out = 0
         self.notes: list[str] | None = None
@@ -121,7 +92,7 @@ class MappingDecoder:
         metric prefix or value name, and the tags (the template's fields plus static tags)."""
         levels = topic.split("/")
         device_id = None
-        for source in self._device_sources:
+        for source in self._payload.device_sources:
             if source.kind == "topic":
                 device_id = self._from_topic(source, levels, fields)
                 break
@@ -159,10 +130,13 @@ class MappingDecoder:
             raise DecodeError("invalid_schema", f"the payload is {_kind(top)}, not a JSON object")
         obj = top
         if self._planner.root:
-            obj = self._root_of(top)
+            obj = top.get(self._root_key) if self._root_key is not None else None
+            if obj.__class__ is not dict:
+                obj = self._root_of(top)
         metrics: dict[str, float] = {}
         units: dict[str, str] = {}
-        unit_values = self._unit_values(top) if self._unit_paths else None
+        found = self._payload
+        unit_values = found.units(top) if found.unit_paths else None
         extra_tags: dict[str, str] | None = {} if self._strings_as_tags else None
         prefix = fields.metric or ""
         node = self._nodes.get(prefix)
@@ -174,22 +148,44 @@ class MappingDecoder:
                 return []
             raise self._nothing_to_store(obj, node, unit_values)
         tags = fields.tags
-        if self._tag_fields or extra_tags:
-            tags = {**tags, **self._payload_tags(top), **(extra_tags or {})}
-        if self._ts_received_only:
-            ts, ts_text = received_at, None
+        if found.tag_fields or extra_tags:
+            tags = {**tags, **found.tags(top), **(extra_tags or {})}
+        # The common cases inline: a canonical time in a top-level key, found in the memory of
+        # seconds; a device id and a seq in top-level keys. Anything else: the general way.
+        ts_text = None
+        if found.ts_received_only:
+            ts = received_at
         else:
-            ts, ts_text = self._time(top, received_at)
+            value = top.get(found.ts_key) if found.ts_key is not None else None
+            whole = None
+            if value.__class__ is str and len(value) == 24 and value[23] == "Z":
+                whole = found.seconds.get(value[:19])
+                millis = MILLIS.get(value[20:23])
+            if whole is not None and millis is not None and value[19] == ".":
+                ts, ts_text = whole + millis, value
+            else:
+                ts, ts_text = found.time(top, received_at)
         device_id = fields.device_id
-        if device_id is None or not self._device_from_topic:
-            device_id = self._device_id(top, fields)
+        if found.device_key is not None:
+            device_id = top.get(found.device_key)
+            if device_id.__class__ is not str:
+                device_id = found.device_id(top, fields)
+        elif device_id is None or not found.device_from_topic:
+            device_id = found.device_id(top, fields)
+        seq = None
+        if found.seq_sources:
+            seq = top.get(found.seq_key) if found.seq_key is not None else None
+            if seq.__class__ is not int:
+                # A top-level number was made a float by the typed decode.
+                integral = seq.__class__ is float and seq.is_integer()  # type: ignore[union-attr]
+                seq = int(seq) if integral else found.seq(top)  # type: ignore[arg-type]
         return [
             Reading(
                 device_id,
                 ts,
                 received_at,
                 metrics,
-                self._seq(top) if self._seq_sources else None,
+                seq,
                 units,
                 tags,
                 None,
@@ -277,11 +273,13 @@ class MappingDecoder:
         if tags is not None and cls is str and (text := tag_text(value)) is not None:
             tags[name] = text
             return
-        self._leave_out(step.path, value, self._planner.why_left_out(value))
+        self._leave_out(step.path, value)
 
-    def _leave_out(self, path: str, value: Any, why: str) -> None:
+    def _leave_out(self, path: str, value: Any, why: str | None = None) -> None:
+        """Count a value left out; say why only when someone listens (`notes`)."""
         self.left_out += 1
         if self.notes is not None:
+            why = why or self._planner.why_left_out(value)
             self.notes.append(f"{path} = {shown(value)}: {why}")
 
     def _nothing_to_store(
@@ -331,14 +329,14 @@ class MappingDecoder:
             if self._strings_as_tags and (text := tag_text(value)) is not None:
                 tags = {**tags, name: text}
             else:
-                self._leave_out(name, value, self._planner.why_left_out(value))
+                self._leave_out(name, value)
             if self._drop_empty:
                 return []
             raise DecodeError(
                 "unsupported_value",
                 f"{name} = {shown(value)}: {self._planner.why_left_out(value)}",
             )
-        device_id = self._device_id({}, fields)
+        device_id = self._payload.device_id({}, fields)
         return [
             Reading(
                 device_id,
@@ -354,109 +352,6 @@ class MappingDecoder:
             )
         ]
 
-    # -- device, time, seq, tags, units from the payload -----------------------------------------
-
-    def _device_id(self, top: dict[str, Any], fields: TopicFields) -> str:
-        for source in self._device_sources:
-            if source.kind == "topic":
-                if fields.device_id is not None:
-                    return fields.device_id
-                continue
-            value = lookup(top, source.path)
-            if value is MISSING or value is None:
-                continue
-            if value.__class__ is str:
-                return value  # type: ignore[no-any-return]
-            if value.__class__ in (int, float) and value == int(value):
-                return str(int(value))
-            raise DecodeError(
-                "invalid_device_id", f"{source.path_text} = {shown(value)}: not a device id"
-            )
-        wanted = " or ".join(str(s) for s in self._device_sources)
-        raise DecodeError("missing_field", f"no device id: nothing at {wanted}")
-
-    def _time(self, top: dict[str, Any], received_at: float) -> tuple[float, str | None]:
-        keys = self._ts_keys
-        if keys is not None:  # top-level keys: no path walk
-            get = top.get
-            for key, source in zip(keys, self._ts_sources):  # noqa: B905
-                value = get(key)
-                if value is not None:
-                    return self._parse_time(source, value)
-        else:
-            for source in self._ts_sources:
-                if source.kind == "received":
-                    break
-                value = lookup(top, source.path)
-                if value is not MISSING and value is not None:
-                    return self._parse_time(source, value)
-        if self._ts_received:
-            return received_at, None
-        wanted = " or ".join(str(s) for s in self._ts_sources)
-        raise DecodeError("missing_field", f"no time: nothing at {wanted}")
-
-    def _parse_time(self, source: Source, value: Any) -> tuple[float, str | None]:
-        cls = value.__class__
-        if cls is str:
-            # The canonical form, from the memory of seconds: one slice and two lookups.
-            if len(value) == 24 and value[19] == "." and value[23] == "Z":
-                whole = self._seconds.get(value[:19])
-                millis = MILLIS.get(value[20:23])
-                if whole is not None and millis is not None:
-                    return whole + millis, value
-            epoch = self._ts.canonical(value)
-            if epoch is not None:
-                return epoch, value
-            try:
-                return parse_iso(value), None
-            except DecodeError:
-                raise DecodeError("invalid_value", _not_a_time(source, value)) from None
-        if cls is float or cls is int:
-            return (value / 1000.0 if value > EPOCH_MS_ABOVE else float(value)), None
-        raise DecodeError("invalid_value", _not_a_time(source, value))
-
-    def _seq(self, top: dict[str, Any]) -> int | None:
-        for source in self._seq_sources:
-            value = lookup(top, source.path)
-            if value is MISSING or value is None:
-                continue
-            cls = value.__class__
-            if cls is int:
-                return value  # type: ignore[no-any-return]
-            if cls is float and value.is_integer():
-                return int(value)
-            if cls is str and value.isdigit() and value.isascii():
-                return int(value)
-            raise DecodeError(
-                "invalid_value", f"{source.path_text} = {shown(value)}: not a whole number"
-            )
-        return None  # a reading may have no seq
-
-    def _payload_tags(self, top: dict[str, Any]) -> dict[str, str]:
-        tags = {}
-        for name, path in self._tag_fields:
-            text = tag_text(lookup(top, path))
-            if text is not None:
-                tags[name] = text
-        return tags
-
-    def _unit_values(self, top: dict[str, Any]) -> list[str | None]:
-        """Each unit field's unit in this message (None: absent or not a unit name)."""
-        found: list[str | None] = []
-        for path in self._unit_paths:
-            value = lookup(top, path)
-            unit = None
-            if value.__class__ is str:
-                unit = self._units_seen.get(value, MISSING)
-                if unit is MISSING:
-                    unit = self._unit_names.get(value, value)
-                    if UNIT_NAME.fullmatch(unit) is None:
-                        unit = None
-                    if len(self._units_seen) < 1024:
-                        self._units_seen[value] = unit
-            found.append(unit)
-        return found
-
 
 def _kind(value: Any) -> str:
     if isinstance(value, dict):
@@ -470,10 +365,3 @@ def _kind(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return "a number"
-
-
-def _not_a_time(source: Source, value: Any) -> str:
-    return (
-        f"{source.path_text} = {shown(value)[:QUOTE]}: not a time "
-        "(ISO 8601, or epoch seconds or milliseconds)"
-    )

@@ -74,6 +74,7 @@ class Planner:
         "_rename",
         "_unit_fields",
         "_units",
+        "read_paths",
         "root",
         "unit_paths",
     )
@@ -100,6 +101,8 @@ class Planner:
         consumed.update(parse_path(p) for p in mapping.unit_fields.values())
         consumed.update(parse_path(p) for p in mapping.tag_fields.values())
         self._consumed = frozenset(consumed)
+        # Every payload path read besides the root: the device, time, seq, units and tags.
+        self.read_paths = sorted(consumed)
         self._enums = dict(mapping.enums)
         self._numeric_strings = mapping.numeric_strings
         self._booleans = mapping.booleans
