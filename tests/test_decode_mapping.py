@@ -138,7 +138,7 @@ def test_other_strings_and_nulls_are_left_out_counted_and_noted() -> None:
     assert mapping.mapping.left_out == 2
     assert notes == [
         'action = "single": a string that is not a number or a listed enum',
-        "battery = null: null",
+        "battery = null: no value",
     ]
 
 
@@ -291,7 +291,7 @@ def test_nothing_to_store_names_what_was_left_out() -> None:
     assert error.reason == "unsupported_value"
     assert error.detail == (
         'no metrics: action = "single": a string that is not a number or a listed enum; '
-        "linkquality = null: null"
+        "linkquality = null: no value"
     )
 
 

@@ -64,7 +64,7 @@ def test_parse_names_a_rejection_and_exits_1() -> None:
     assert result["rejection"] == {
         "reason": "unsupported_value",
         "detail": 'no metrics: status = "ok": a string that is not a number or a listed enum; '
-        "battery = null: null",
+        "battery = null: no value",
     }
 
 

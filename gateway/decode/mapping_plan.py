@@ -169,7 +169,7 @@ class Planner:
     def why_left_out(self, value: Value) -> str:
         """In the user's words, why `value` is not a metric."""
         if value is None:
-            return "null"
+            return "no value"
         if value.__class__ is bool:
             return "a boolean (booleans = false)"
         if value.__class__ is str:
