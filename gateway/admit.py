@@ -38,6 +38,8 @@ class Admission:
         max_devices: int,
     ) -> None:
         decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
+        for warning in decoders.warnings:
+            log.warning("%s", warning)
         self._decode = decoders.single or decoders
         metrics.count_left_out(decoders.values_left_out)
         self._metrics = metrics

@@ -286,13 +286,15 @@ def check_config(path: Path) -> int:
         config = load_config(path)
         config.mqtt.read_password()
         # The decoders the gateway builds at start, built the same way.
-        SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
+        decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
     except ConfigError as exc:
         print_problems(exc)
         return EXIT_CONFIG
     except ValueError as exc:
         print_problems(ConfigError(f"mqtt.subscriptions: {exc}"))
         return EXIT_CONFIG
+    for warning in decoders.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(masked_config(config))
     return EXIT_OK
 

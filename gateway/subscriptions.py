@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.model import METRIC_NAME, UNIT_NAME
 from gateway.presets import PRESETS
-from gateway.topics import TopicTemplate, derive_filter, filter_problem, unshared
+from gateway.topics import TopicTemplate, derive_filter, filter_mismatch, filter_wider, unshared
 
 BUILTIN_FORMATS = ("json", "senml", "bare")
 MAPPING_FORMAT = "mapping"
@@ -293,8 +293,8 @@ class SubscriptionConfig(_Frozen):
     filter: str = Field(
         "",
         description="MQTT topic filter; `$share/<group>/<filter>` for a shared subscription. "
-        "Derived from the template (each {field} becomes +) when empty. It may only deliver "
-        "topics the template can read (checked at start).",
+        "Derived from the template (each {field} becomes +) when empty. One that cannot match "
+        "the template fails at start; one wider than it is warned about.",
     )
     template: str | None = Field(
         None,
@@ -343,7 +343,7 @@ class SubscriptionConfig(_Frozen):
         if self.format == "bare" and not {"{device_id}", "{metric}"} <= levels:
             raise ValueError("format 'bare' needs {device_id} and {metric} in the template")
         if self.filter:
-            problem = filter_problem(self.filter, template)
+            problem = filter_mismatch(self.filter, template)
             if problem is not None:
                 raise ValueError(problem)
         mapping = self.effective_mapping
@@ -356,6 +356,12 @@ class SubscriptionConfig(_Frozen):
                         f"{template!r} (fields: {', '.join(fields) or 'none'})"
                     )
         return self
+
+    @property
+    def filter_warning(self) -> str | None:
+        """Said at start and by check-config when the filter also delivers topics the template
+        cannot read (dead-lettered as topic_mismatch)."""
+        return filter_wider(self.filter, self.effective_template) if self.filter else None
 
     @property
     def preset(self) -> str | None:

@@ -2,8 +2,9 @@
 
 A template level is a literal, a whole-level `{field}`, `+` (any one level, not kept) or, as the
 last level, `#` (any number of levels, none included, not kept). The subscription filter follows
-from the template (`{field}` -> `+`); a filter given as well must deliver only topics the template
-can read (`filter_problem`), or every message would be dead-lettered as topic_mismatch.
+from the template (`{field}` -> `+`). A filter given as well must share topics with the template
+(`filter_mismatch`: else every message would be dead-lettered as topic_mismatch, an error at
+start) and should deliver only topics it can read (`filter_wider`: a warning at start).
 """
 
 from __future__ import annotations
@@ -150,20 +151,33 @@ def derive_filter(template: str) -> str:
     )
 
 
-def filter_problem(topic_filter: str, template: str) -> str | None:
-    """Why `topic_filter` delivers topics `template` cannot read, in words naming both; None
-    when every topic the filter can deliver has the template's shape.
+def filter_mismatch(topic_filter: str, template: str) -> str | None:
+    """Words naming both when no topic the filter can deliver has the template's shape: every
+    message would be dead-lettered (topic_mismatch), so this is a configuration error. None
+    when they can match the same topic.
 
     Compared level by level, as patterns: a template `{field}` or `+` takes any one level (its
     value is checked per message), `#` any tail. The values a field accepts (safe ids) are not
     looked at here: they are a property of each device, not of the configuration.
     """
-    wanted = unshared(topic_filter).split("/")
-    named = template.split("/")
-    shape = [SKIP_LEVEL if lvl.startswith("{") else lvl for lvl in named]
-    pair = f"filter {topic_filter!r} and template {template!r}"
+    wanted, _, shape = _levels(topic_filter, template)
+    if _could_overlap(wanted, shape):
+        return None
+    return (
+        f"filter {topic_filter!r} and template {template!r} cannot match the same topic: no "
+        "message the filter delivers can be read"
+    )
+
+
+def filter_wider(topic_filter: str, template: str) -> str | None:
+    """Words naming both when the filter also delivers topics the template cannot read (those
+    messages are dead-lettered as topic_mismatch: worth a warning, as a wide filter may be
+    meant); None when every topic it delivers has the template's shape, or none does (see
+    `filter_mismatch`)."""
+    wanted, named, shape = _levels(topic_filter, template)
     if not _could_overlap(wanted, shape):
-        return f"{pair} cannot match the same topic: no message the filter delivers can be read"
+        return None
+    pair = f"filter {topic_filter!r} and template {template!r}"
     # They overlap, so neither is longer without a `#` where the other ends.
     for index, level in enumerate(wanted):
         mine = shape[index] if index < len(shape) else TAIL_LEVELS
@@ -172,15 +186,22 @@ def filter_problem(topic_filter: str, template: str) -> str | None:
         if level == TAIL_LEVELS:
             return (
                 f"{pair}: from level {index} the filter's '#' delivers topics of any shape, the "
-                f"template reads only {'/'.join(named[index:])!r} there; those others would all "
-                "be dead-lettered (topic_mismatch). Narrow the filter or end the template with '#'"
+                f"template reads only {'/'.join(named[index:])!r} there; those others are "
+                "dead-lettered (topic_mismatch). Narrow the filter or end the template with '#'"
             )
         if mine not in (SKIP_LEVEL, level):
             return (
                 f"{pair}: at level {index} the filter takes {level!r}, the template only "
-                f"{named[index]!r}; those others would all be dead-lettered (topic_mismatch)"
+                f"{named[index]!r}; those others are dead-lettered (topic_mismatch)"
             )
     return None
+
+
+def _levels(topic_filter: str, template: str) -> tuple[list[str], list[str], list[str]]:
+    """The filter's levels, the template's, and the template's as a filter would have them."""
+    named = template.split("/")
+    shape = [SKIP_LEVEL if lvl.startswith("{") else lvl for lvl in named]
+    return unshared(topic_filter).split("/"), named, shape
 
 
 def _could_overlap(wanted: list[str], shape: list[str]) -> bool:

@@ -143,6 +143,24 @@ def test_a_filter_its_template_cannot_read_fails_at_start_naming_both(tmp_path: 
 def test_check_config_refuses_the_same_mismatch_from_a_file(tmp_path: Path) -> None:
     path = tmp_path / "gw.toml"
     path.write_text(
+        "[[mqtt.subscriptions]]\nfilter = 'home/#'\nformat = 'zigbee2mqtt'\n", encoding="utf-8"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", str(path)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert (
+        "mqtt.subscriptions.0: filter 'home/#' and template 'zigbee2mqtt/{device_id}' cannot "
+        "match the same topic"
+    ) in done.stderr
+
+
+def test_a_filter_wider_than_its_template_is_warned_about_at_check_and_start(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(
         "[[mqtt.subscriptions]]\nfilter = 'zigbee2mqtt/#'\nformat = 'zigbee2mqtt'\n",
         encoding="utf-8",
     )
@@ -150,9 +168,29 @@ def test_check_config_refuses_the_same_mismatch_from_a_file(tmp_path: Path) -> N
         [sys.executable, "-m", "gateway", "check-config", str(path)],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
-    assert done.returncode == 2
-    assert "mqtt.subscriptions.0: filter 'zigbee2mqtt/#' and template" in done.stderr
-    assert "'zigbee2mqtt/{device_id}'" in done.stderr
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.startswith(
+        "warning: mqtt.subscriptions.0: filter 'zigbee2mqtt/#' and template "
+        "'zigbee2mqtt/{device_id}': from level 1 the filter's '#' delivers topics of any shape"
+    )
+
+
+async def test_a_gateway_with_a_wide_filter_says_so_at_start(
+    broker: Broker, tmp_path: Path, unique: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    template = f"{unique}/{{site}}/{{device_id}}/telemetry"
+    config = make_config(
+        broker,
+        tmp_path,
+        unique,
+        mqtt={"subscriptions": [{"filter": f"{unique}/#", "template": template}]},
+    )
+    async with running(Gateway(config)):
+        pass
+    assert (
+        f"mqtt.subscriptions.0: filter '{unique}/#' and template '{template}': from level 1 the "
+        "filter's '#' delivers topics of any shape"
+    ) in caplog.text
 
 
 def test_check_config_prints_what_a_preset_does(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ from gateway.topics import (
     TopicTemplate,
     derive_filter,
     filter_matches,
-    filter_problem,
+    filter_mismatch,
+    filter_wider,
     safe_name_pattern,
 )
 
@@ -158,28 +159,47 @@ def test_the_filter_follows_from_the_template() -> None:
 def test_a_filter_delivering_only_readable_topics_is_accepted(
     topic_filter: str, template: str
 ) -> None:
-    assert filter_problem(topic_filter, template) is None
+    assert filter_mismatch(topic_filter, template) is None
+    assert filter_wider(topic_filter, template) is None
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "template"),
+    [
+        ("home/#", "sensors/{site}/{device_id}/telemetry"),
+        ("a/b", "a/c"),
+        ("a/+/b", "a/{x}"),
+        ("a/b/#", "a/c/#"),
+    ],
+)
+def test_a_filter_that_cannot_match_its_template_is_named_with_both(
+    topic_filter: str, template: str
+) -> None:
+    problem = filter_mismatch(topic_filter, template)
+    assert problem == (
+        f"filter {topic_filter!r} and template {template!r} cannot match the same topic: no "
+        "message the filter delivers can be read"
+    )
+    assert filter_wider(topic_filter, template) is None
 
 
 @pytest.mark.parametrize(
     ("topic_filter", "template", "words"),
     [
-        ("home/#", "sensors/{site}/{device_id}/telemetry", "cannot match the same topic"),
-        ("a/b", "a/c", "cannot match the same topic"),
         ("zigbee2mqtt/#", "zigbee2mqtt/{device_id}", "'#' delivers topics of any shape"),
         ("sensors/+/+/+", "sensors/{site}/{device_id}/telemetry", "the template only"),
-        ("a/+/b", "a/{x}", "cannot match the same topic"),
-        ("a/b/#", "a/c/#", "cannot match the same topic"),
+        ("t/#", "t/{site}/{device_id}/telemetry", "'#' delivers topics of any shape"),
     ],
 )
-def test_a_filter_delivering_topics_the_template_cannot_read_is_named_with_both(
+def test_a_filter_wider_than_its_template_is_warned_about_naming_both(
     topic_filter: str, template: str, words: str
 ) -> None:
-    problem = filter_problem(topic_filter, template)
-    assert problem is not None
-    assert words in problem
-    assert repr(topic_filter) in problem
-    assert repr(template) in problem
+    assert filter_mismatch(topic_filter, template) is None
+    warning = filter_wider(topic_filter, template)
+    assert warning is not None
+    assert words in warning
+    assert repr(topic_filter) in warning
+    assert repr(template) in warning
 
 
 level = st.sampled_from(["a", "b", "+", "{x}", "#"])
@@ -197,5 +217,10 @@ def test_when_no_problem_is_found_every_topic_the_filter_delivers_has_the_templa
     if "#" in shape[:-1] or "#" in wanted[:-1] or shape.count("{x}") > 1:
         return
     template, topic_filter, name = "/".join(shape), "/".join(wanted), "/".join(topic)
-    if filter_problem(topic_filter, template) is None and filter_matches(topic_filter, name):
+    readable = filter_mismatch(topic_filter, template) is None
+    if (
+        readable
+        and filter_wider(topic_filter, template) is None
+        and filter_matches(topic_filter, name)
+    ):
         TopicTemplate(template).match(name)  # no DecodeError

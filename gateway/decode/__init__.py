@@ -109,13 +109,23 @@ class SubscriptionDecoders:
     configured one wins; a topic no filter matches (it should not happen) takes the first.
     """
 
-    __slots__ = ("_by_topic", "_decoders", "_filters")
+    __slots__ = ("_by_topic", "_decoders", "_filters", "_subscriptions")
 
     def __init__(self, subscriptions: Sequence[SubscriptionConfig], limits: LimitsConfig) -> None:
+        self._subscriptions = tuple(subscriptions)
         self._decoders = [SubscriptionDecoder(sub, limits) for sub in subscriptions]
         # Delivered topics never carry the `$share/<group>/` prefix.
         self._filters = [unshared(sub.effective_filter) for sub in subscriptions]
         self._by_topic: dict[str, SubscriptionDecoder] = {}
+
+    @property
+    def warnings(self) -> list[str]:
+        """What start-up should say about the subscriptions (a filter wider than its template)."""
+        return [
+            f"mqtt.subscriptions.{index}: {sub.filter_warning}"
+            for index, sub in enumerate(self._subscriptions)
+            if sub.filter_warning is not None
+        ]
 
     def values_left_out(self) -> int:
         """Payload values the mappings left out so far (strings they do not read, nulls)."""
