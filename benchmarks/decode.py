@@ -22,22 +22,13 @@ from pathlib import Path
 
 from gateway.config import LimitsConfig
 from gateway.decode import SubscriptionDecoder
+from gateway.presets import PRESETS
 from gateway.subscriptions import SubscriptionConfig
 from simulators.spec import RunSpec, default_template
 from simulators.stream import device_for, message_at
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SHAPES = (
-    "json",
-    "json_via_mapping",
-    "flat_json",
-    "zigbee2mqtt",
-    "tasmota",
-    "shelly",
-    "shelly_status",
-    "ha_statestream",
-    "ttn_v3",
-)
+SHAPES = ("json", "json_via_mapping", *PRESETS)
 # The json payload read by a mapping: the same bytes as the json format's, another decoder.
 JSON_MAPPING = {
     "root": "metrics",

@@ -26,7 +26,7 @@ from gateway.decode import SubscriptionDecoders
 from gateway.errors import ConfigError, DecodeError
 from gateway.model import Reading
 from gateway.sinks.lines import LineEncoder
-from gateway.transforms import Transform, Verdict, build_transform
+from gateway.transforms import Transform, Verdict, build_steps
 
 EXIT_STORED, EXIT_NOT_STORED, EXIT_CONFIG = 0, 1, 2
 
@@ -100,7 +100,7 @@ def parse_message(
     if not readings:
         result["dropped"] = "filtered: nothing to store (mapping.no_metrics = drop)"
         return result
-    kept, rejected, dropped = _apply_steps(_steps(config), readings)
+    kept, rejected, dropped = _apply_steps(build_steps(config.steps), readings)
     if rejected:
         _, reason, detail = rejected[0]
         result["rejection"] = {"reason": reason, "detail": detail, "readings": len(rejected)}
@@ -109,16 +109,6 @@ def parse_message(
     lines = b"".join(LineEncoder()(kept).values())
     result["readings"] = [json.loads(line) for line in lines.splitlines()]
     return result
-
-
-def _steps(config: GatewayConfig) -> list[Transform]:
-    steps = []
-    for index, step in enumerate(config.steps):
-        try:
-            steps.append(build_transform(step))
-        except ValueError as exc:
-            raise ConfigError(f"steps.{index}: {exc}") from exc
-    return steps
 
 
 def _apply_steps(
@@ -153,7 +143,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
     if (args.format or args.template) and first.template is None and first.preset_template is None:
         flags.topic = [args.topic]
         config = apply_subscription_flags(config, flags)
-    _steps(config)  # a step that cannot be built is a config error, found now
+    build_steps(config.steps)  # a step that cannot be built is a config error, found now
     return config
 
 

@@ -64,6 +64,10 @@ _SHELLY_EXCLUDE = (
     *("*.id", "*.source", "*.errors", "*.by_minute", "*.minute_ts", "*.timer_started_at"),
 )
 
+# What both Shelly presets share: the device is the topic's first level; a message with nothing
+# number-like in it (a button event; a change of a string field alone) is dropped.
+_SHELLY = {"device_id": "topic", "units": _SHELLY_UNITS, "no_metrics": "drop"}
+
 PRESETS: Mapping[str, Preset] = MappingProxyType(
     {
         "flat_json": Preset(
@@ -132,13 +136,11 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "notifications; metrics named <component>:<n>.<field>",
             template="{device_id}/events/rpc",
             mapping=_frozen(
-                device_id="topic",
+                **_SHELLY,
                 root="params",
                 ts="payload:params.ts",
                 # NotifyEvent (button presses) carries events, no status: nothing to store.
                 exclude=(*_SHELLY_EXCLUDE, "events"),
-                units=_SHELLY_UNITS,
-                no_metrics="drop",
             ),
             source="https://shelly-api-docs.shelly.cloud/gen2/General/Notifications",
         ),
@@ -147,12 +149,7 @@ PRESETS: Mapping[str, Preset] = MappingProxyType(
             "one component per message; metrics named as for shelly",
             template="{device_id}/status/+",
             mapping=_frozen(
-                device_id="topic",
-                ts="received",
-                metric_prefix="topic:-1",
-                exclude=_SHELLY_EXCLUDE,
-                units=_SHELLY_UNITS,
-                no_metrics="drop",
+                **_SHELLY, ts="received", metric_prefix="topic:-1", exclude=_SHELLY_EXCLUDE
             ),
             source="https://shelly-api-docs.shelly.cloud/gen2/ComponentsAndServices/Mqtt",
         ),

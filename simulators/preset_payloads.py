@@ -15,21 +15,14 @@ import json
 import time
 from collections.abc import Mapping
 
+from gateway.presets import PRESETS
 from simulators.devices import Device
 from simulators.payloads import CLOCK_SKEW_MS, OUT_OF_RANGE_VALUE, OVERSIZED_BYTES, format_ts
 
 Values = Mapping[str, float]
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=False).encode
 
-PRESET_FORMATS = (
-    "flat_json",
-    "zigbee2mqtt",
-    "tasmota",
-    "shelly",
-    "shelly_status",
-    "ha_statestream",
-    "ttn_v3",
-)
+PRESET_FORMATS: tuple[str, ...] = tuple(PRESETS)
 # The topic each preset's messages arrive on, with the simulator's fields ({metric} is the
 # Shelly component of a status topic).
 PRESET_TEMPLATES = {
@@ -45,50 +38,31 @@ PRESET_TEMPLATES = {
 # preset cannot show are left out (z2m, Shelly and Home Assistant drop a message with nothing
 # to store instead of rejecting it; only some shapes carry a time; the check_range step of the
 # tests watches a metric named `temperature`).
+_REASONS = {
+    "malformed_json": "invalid_json",
+    "missing_field": "missing_field",
+    "wrong_type": "unsupported_value",
+    "out_of_range": "out_of_range",
+    "clock_skew": "ts_out_of_range",
+    "oversized": "payload_too_large",
+    "path_traversal": "invalid_device_id",
+}
+
+
+def _kinds(*kinds: str) -> dict[str, str]:
+    return {kind: _REASONS[kind] for kind in kinds}
+
+
 PRESET_REASONS: dict[str, dict[str, str]] = {
-    "flat_json": {
-        "malformed_json": "invalid_json",
-        "missing_field": "missing_field",
-        "wrong_type": "unsupported_value",
-        "out_of_range": "out_of_range",
-        "clock_skew": "ts_out_of_range",
-        "oversized": "payload_too_large",
-        "path_traversal": "invalid_device_id",
-    },
-    "zigbee2mqtt": {
-        "malformed_json": "invalid_json",
-        "out_of_range": "out_of_range",
-        "oversized": "payload_too_large",
-        "path_traversal": "invalid_device_id",
-    },
-    "tasmota": {
-        "malformed_json": "invalid_json",
-        "missing_field": "missing_field",
-        "wrong_type": "unsupported_value",
-        "oversized": "payload_too_large",
-        "path_traversal": "invalid_device_id",
-    },
-    "shelly": {
-        "malformed_json": "invalid_json",
-        "clock_skew": "ts_out_of_range",
-        "oversized": "payload_too_large",
-        "path_traversal": "invalid_device_id",
-    },
-    "shelly_status": {
-        "malformed_json": "invalid_json",
-        "oversized": "payload_too_large",
-        "path_traversal": "invalid_device_id",
-    },
-    "ha_statestream": {"oversized": "payload_too_large", "path_traversal": "invalid_device_id"},
-    "ttn_v3": {
-        "malformed_json": "invalid_json",
-        "missing_field": "missing_field",
-        "wrong_type": "unsupported_value",
-        "out_of_range": "out_of_range",
-        "clock_skew": "ts_out_of_range",
-        "oversized": "payload_too_large",
-        "path_traversal": "invalid_device_id",
-    },
+    "flat_json": dict(_REASONS),
+    "zigbee2mqtt": _kinds("malformed_json", "out_of_range", "oversized", "path_traversal"),
+    "tasmota": _kinds(
+        "malformed_json", "missing_field", "wrong_type", "oversized", "path_traversal"
+    ),
+    "shelly": _kinds("malformed_json", "clock_skew", "oversized", "path_traversal"),
+    "shelly_status": _kinds("malformed_json", "oversized", "path_traversal"),
+    "ha_statestream": _kinds("oversized", "path_traversal"),
+    "ttn_v3": dict(_REASONS),
 }
 OUT_OF_RANGE_METRIC = "temperature"
 NOT_A_NUMBER = "n/a"

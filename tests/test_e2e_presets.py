@@ -19,7 +19,7 @@ from gateway.audit import audit, format_table
 from gateway.manifest import read_header
 from simulators.preset_payloads import PRESET_FORMATS
 from tests.support.broker import Broker
-from tests.support.gateway import make_config, read_lines, running
+from tests.support.gateway import make_config, read_lines, running, settled
 from tests.support.poll import eventually
 from tests.support.publish import publish
 
@@ -60,18 +60,9 @@ async def test_a_simulated_fleet_in_each_preset_shape_is_stored_and_audited_clea
             "--fault-rate", "0.3", "--seed", "4", "--manifest", str(manifest), "--quiet",
         )  # fmt: skip
         assert await asyncio.wait_for(sim.wait(), 120) == 0
-        sent = read_header(manifest).messages_sent
-        m = gateway.metrics
-        await eventually(
-            lambda: (
-                m.sample("gateway_messages_received_total") >= sent
-                and m.sample("gateway_readings_in_flight") == 0
-            ),
-            timeout_s=60,
-            message=f"all {sent} messages settled",
-        )
+        await settled(gateway, read_header(manifest).messages_sent)
         if preset == "zigbee2mqtt":  # its battery_low: null, in every message: left out, counted
-            assert m.sample("gateway_mapping_values_left_out_total") > 0
+            assert gateway.metrics.sample("gateway_mapping_values_left_out_total") > 0
     report = audit(manifest, config.files.data_dir)
     assert report.ok, format_table(report)
     assert report.total.found == report.total.expected > 0
