@@ -7,7 +7,14 @@ import math
 import re
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from gateway.model import METRIC_NAME, UNIT_NAME
 from gateway.presets import PRESETS
@@ -94,6 +101,14 @@ def parse_sources(
     return tuple(sources)
 
 
+# Which kinds of source each setting may name (parse_sources' keywords).
+_SOURCE_KINDS: dict[str | None, dict[str, bool]] = {
+    "device_id": {},
+    "ts": {"received": True, "topic": False},
+    "seq": {"topic": False},
+}
+
+
 class MappingConfig(_Frozen):
     """How a payload of any shape becomes a reading. Paths are keys joined by '.' (nested
     objects are flattened the same way: `AM2301.Temperature`); globs use * and ?."""
@@ -105,12 +120,14 @@ class MappingConfig(_Frozen):
     )
     device_id: str = Field(
         "topic",
+        min_length=1,
         description="Where the device id comes from: topic (the template's {device_id}, else "
         "the topic's last level), topic:<field>, topic:<level> (0 first, -1 last) or "
         "payload:<path>; alternatives joined by |, the first present wins.",
     )
     ts: str = Field(
         "received",
+        min_length=1,
         description="Where the device time comes from: payload:<path> (ISO 8601, or epoch "
         "seconds or milliseconds) or received (the receipt time); e.g. payload:ts|received.",
     )
@@ -184,23 +201,11 @@ class MappingConfig(_Frozen):
         "what was left out) or drop (ack it, counted as dropped{reason=filtered}).",
     )
 
-    @field_validator("device_id")
+    @field_validator("device_id", "ts", "seq")
     @classmethod
-    def _device_sources(cls, value: str) -> str:
-        parse_sources(value)
-        return value
-
-    @field_validator("ts")
-    @classmethod
-    def _ts_sources(cls, value: str) -> str:
-        parse_sources(value, received=True, topic=False)
-        return value
-
-    @field_validator("seq")
-    @classmethod
-    def _seq_sources(cls, value: str) -> str:
-        if value:
-            parse_sources(value, topic=False)
+    def _sources(cls, value: str, info: ValidationInfo) -> str:
+        if value:  # only seq may be empty; device_id and ts have min_length 1
+            parse_sources(value, **_SOURCE_KINDS[info.field_name])
         return value
 
     @field_validator("root")
@@ -243,30 +248,27 @@ class MappingConfig(_Frozen):
                 raise ValueError(f"{key} = {unit!r}: a unit is 1-32 printable ASCII, no spaces")
         return value
 
-    @field_validator("unit_fields")
+    @field_validator("unit_fields", "tag_fields")
     @classmethod
-    def _unit_paths(cls, value: dict[str, str]) -> dict[str, str]:
+    def _payload_paths(cls, value: dict[str, str]) -> dict[str, str]:
         for path in value.values():
             parse_path(path)
         return value
 
-    @field_validator("tags")
+    @field_validator("tags", "tag_fields")
     @classmethod
-    def _static_tags(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, tag in value.items():
+    def _tag_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
             if not TAG_NAME.fullmatch(name):
                 raise ValueError(f"tag name {name!r}: letters, digits and _ (it names a column)")
-            if len(tag) > MAX_TAG_VALUE:
-                raise ValueError(f"tag {name}: at most {MAX_TAG_VALUE} characters")
         return value
 
-    @field_validator("tag_fields")
+    @field_validator("tags")
     @classmethod
-    def _tag_paths(cls, value: dict[str, str]) -> dict[str, str]:
-        for name, path in value.items():
-            if not TAG_NAME.fullmatch(name):
-                raise ValueError(f"tag name {name!r}: letters, digits and _ (it names a column)")
-            parse_path(path)
+    def _tag_lengths(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, tag in value.items():
+            if len(tag) > MAX_TAG_VALUE:
+                raise ValueError(f"tag {name}: at most {MAX_TAG_VALUE} characters")
         return value
 
     @field_validator("enums")
