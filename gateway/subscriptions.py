@@ -39,8 +39,8 @@ class Source(NamedTuple):
     level; a named field; a level by index), or a dotted path into the payload."""
 
     kind: Literal["received", "topic", "payload"]
-    field: str = ""  # topic: a template field name ("" with index None: the default rule)
-    index: int | None = None  # topic: a level, negative from the end
+    field: str = ""  # topic: a template field name ("" with level None: the default rule)
+    level: int | None = None  # topic: a level by number, negative from the end
     path: tuple[str, ...] = ()  # payload: keys (and list indices as digits)
 
     @property
@@ -50,8 +50,8 @@ class Source(NamedTuple):
     def __str__(self) -> str:
         if self.kind == "payload":
             return "payload:" + ".".join(self.path)
-        if self.kind == "topic" and (self.field or self.index is not None):
-            return f"topic:{self.field or self.index}"
+        if self.kind == "topic" and (self.field or self.level is not None):
+            return f"topic:{self.field or self.level}"
         return self.kind
 
 
@@ -78,7 +78,7 @@ def parse_sources(
             if not sep:
                 sources.append(Source("topic"))
             elif re.fullmatch(r"-?[0-9]+", rest):
-                sources.append(Source("topic", index=int(rest)))
+                sources.append(Source("topic", level=int(rest)))
             elif re.fullmatch(r"[a-z_]+", rest):
                 sources.append(Source("topic", field=rest))
             else:

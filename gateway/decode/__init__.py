@@ -65,6 +65,7 @@ class SubscriptionDecoder:
         # The mapping decoder of a mapped format (its counters and notes), else None.
         self.mapping: MappingDecoder | None = None
         self._decode_format: FormatDecoder
+        self._topic_fields: Callable[[str, TopicFields], TopicFields] | None
         if mapping is not None:
             self.mapping = MappingDecoder(mapping, self._template, limits)
             self._decode_format = self.mapping

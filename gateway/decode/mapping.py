@@ -107,8 +107,8 @@ class MappingDecoder:
         return TopicFields(device_id, name, tags)
 
     def _from_topic(self, source: Source, levels: list[str], fields: TopicFields) -> str | None:
-        if source.index is not None:
-            index = source.index
+        if source.level is not None:
+            index = source.level
             return levels[index] if -len(levels) <= index < len(levels) else None
         if source.field in ("", DEVICE_ID_FIELD):
             if source.field or DEVICE_ID_FIELD in self._template.fields:
@@ -128,7 +128,7 @@ class MappingDecoder:
         top = self._decode(payload)
         if top.__class__ is not dict:
             raise DecodeError("invalid_schema", f"the payload is {_kind(top)}, not a JSON object")
-        obj = top
+        obj: Any = top
         if self._planner.root:
             obj = top.get(self._root_key) if self._root_key is not None else None
             if obj.__class__ is not dict:
@@ -156,7 +156,7 @@ class MappingDecoder:
         if found.ts_received_only:
             ts = received_at
         else:
-            value = top.get(found.ts_key) if found.ts_key is not None else None
+            value: Any = top.get(found.ts_key) if found.ts_key is not None else None
             whole = None
             if value.__class__ is str and len(value) == 24 and value[23] == "Z":
                 whole = found.seconds.get(value[:19])
