@@ -7,7 +7,7 @@ DEMO_STAMP ?= $(VENV)/.installed-demo
 DEV_STAMP  ?= $(VENV)/.installed-dev
 DEMO_ARGS  ?=
 
-.PHONY: help install install-demo system-deps test lint run demo bench bench-compaction clean
+.PHONY: help install install-demo system-deps test lint run demo bench bench-compaction bench-decode clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ bench: system-deps install ## gateway vs mosquitto_sub: throughput, latency, mem
 
 bench-compaction: install ## compact 1M readings to Parquet: seconds, peak RSS, bytes before and after (~1 min)
 	$(BIN)/python -m benchmarks.compaction
+
+bench-decode: install ## CPU per reading: mappings and presets against the json format (~1 min)
+	$(BIN)/python -m benchmarks.decode
 
 clean:
 	rm -rf $(VENV) data demo-data .pytest_cache .ruff_cache

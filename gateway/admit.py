@@ -38,7 +38,10 @@ class Admission:
         max_devices: int,
     ) -> None:
         decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
+        for warning in decoders.warnings:
+            log.warning("%s", warning)
         self._decode = decoders.single or decoders
+        metrics.count_left_out(decoders.values_left_out)
         self._metrics = metrics
         self._shards = shards
         self._rejects = rejects
@@ -57,15 +60,19 @@ class Admission:
         decoded = [self._decode_burst(burst, received_at) for burst in bursts]
         m = self._metrics
         items = sum(d[3] for d in decoded)
-        m.readings_received.inc(items)
+        # Messages a mapping read to nothing it keeps (no_metrics = "drop"): received, dropped.
+        filtered = sum(d[4] for d in decoded)
+        m.readings_received.inc(items + filtered)
         m.in_flight.inc(items)
-        for burst, (routed, droppable, rejections, _) in zip(bursts, decoded, strict=True):
+        if filtered:
+            m.dropped["filtered"].inc(filtered)
+        for burst, (routed, droppable, rejections, _, _) in zip(bursts, decoded, strict=True):
             await self._route(burst, routed, droppable, rejections)
 
     def _decode_burst(
         self, burst: Inbound, received_at: float
-    ) -> tuple[list[list[Reading]], list[list[Reading]], list[Rejection], int]:
-        """(readings per worker, droppable readings per worker, rejections, items)."""
+    ) -> tuple[list[list[Reading]], list[list[Reading]], list[Rejection], int, int]:
+        """(readings per worker, droppable readings per worker, rejections, items, filtered)."""
         decode = self._decode
         shards = self._shards
         n_shards = len(shards)
@@ -76,6 +83,7 @@ class Admission:
         track_devices = len(devices) < self._max_devices
         drop_qos0 = self._drop_qos0
         items = 0
+        filtered = 0  # messages a mapping read to nothing it keeps (no_metrics = "drop")
         for topic, payload, qos in zip(burst.topics, burst.payloads, burst.qos, strict=True):
             try:
                 readings = decode(topic, payload, received_at)
@@ -88,6 +96,9 @@ class Admission:
             except Exception as exc:
                 rejections.append(self._internal_error(topic, payload, exc, received_at))
                 items += 1
+                continue
+            if not readings:
+                filtered += 1
                 continue
             # Under drop_oldest, QoS 0 readings never wait: they may be dropped instead.
             lanes = droppable if (drop_qos0 and qos == 0) else routed
@@ -103,7 +114,7 @@ class Admission:
                         devices.add(device)
                     lanes[hash(device) % n_shards].append(reading)
             items += len(readings)
-        return routed, droppable, rejections, items
+        return routed, droppable, rejections, items, filtered
 
     async def _route(
         self,

@@ -18,7 +18,7 @@ from gateway.admit import Admission
 from gateway.channel import Channel
 from gateway.compaction.maintenance import Maintenance
 from gateway.config import GatewayConfig
-from gateway.errors import ConfigError, DrainError
+from gateway.errors import DrainError
 from gateway.http import HttpServer
 from gateway.metrics import GatewayMetrics, Registry, StorageMetrics
 from gateway.model import Reading, Rejection
@@ -28,7 +28,7 @@ from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
 from gateway.sources.session import MqttSource
 from gateway.stage import Stage
-from gateway.transforms import Transform, build_transform
+from gateway.transforms import Transform, build_steps
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Gateway:
         self.config = config
         self.registry = registry if registry is not None else Registry()
         self.metrics = GatewayMetrics(self.registry, __version__)
-        self._transforms = list(transforms) if transforms is not None else _build_steps(config)
+        self._transforms = list(transforms) if transforms is not None else build_steps(config.steps)
         self._devices: set[str] = set()
         capacity = config.pipeline.channel_capacity
         self._shards: list[Channel[Reading]] = [
@@ -216,13 +216,3 @@ class Gateway:
                 task.cancel()
         else:
             log.info("drained: everything received is stored and acked")
-
-
-def _build_steps(config: GatewayConfig) -> list[Transform]:
-    steps = []
-    for index, step in enumerate(config.steps):
-        try:
-            steps.append(build_transform(step))
-        except ValueError as exc:
-            raise ConfigError(f"steps.{index}: {exc}") from exc
-    return steps

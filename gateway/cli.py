@@ -12,14 +12,25 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from gateway._version import __version__
 from gateway.app import Gateway
 from gateway.audit import main_audit
 from gateway.commands import main_compact, main_seal
-from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
+from gateway.config import (
+    GatewayConfig,
+    SubscriptionConfig,
+    format_validation_error,
+    load_config,
+    parse_broker_url,
+    parse_listen_addr,
+)
+from gateway.decode import SubscriptionDecoders
 from gateway.demo import main_demo
 from gateway.errors import ConfigError, DrainError, StartupError
 from gateway.logs import setup_logging
+from gateway.subscriptions import FORMAT_NAMES
 from gateway.supervisor import Supervisor, detach_from_terminal
 
 log = logging.getLogger("gateway")
@@ -50,8 +61,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILTER",
         help="subscribe to FILTER (repeatable; replaces the configured filters)",
     )
+    add_subscription_flags(run)
     run.add_argument("--qos", type=int, choices=(0, 1), help="QoS for the subscriptions")
     run.add_argument("--client-id", help="MQTT client id (also names the segment files)")
+    run.add_argument("--username", help="broker user name (or user@ in --broker)")
+    run.add_argument("--password-file", type=Path, help="file whose first line is the password")
+    run.add_argument("--ca-file", type=Path, help="CA bundle to verify the broker (turns on TLS)")
+    run.add_argument(
+        "--cert", "--cert-file", dest="cert", type=Path, help="client certificate (mutual TLS)"
+    )
+    run.add_argument(
+        "--key", "--key-file", dest="key", type=Path, help="client private key (mutual TLS)"
+    )
     run.add_argument("--data-dir", type=Path, help="where data and dead-letter files go")
     run.add_argument("--metrics-addr", metavar="HOST:PORT", help="HTTP listen address")
     run.add_argument("--log-format", choices=("text", "json"), help="log format")
@@ -73,7 +94,27 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("top", help="live view of a running gateway's metrics", add_help=False)
     sub.add_parser("compact", help="compact closed partitions to Parquet, once", add_help=False)
     sub.add_parser("seal", help="seal a running gateway's open segments now", add_help=False)
+    sub.add_parser(
+        "parse", help="show how a message would be read: its readings or rejection", add_help=False
+    )
     return parser
+
+
+def add_subscription_flags(parser: argparse.ArgumentParser) -> None:
+    """--template and --format, shared by `gateway run` and `gateway parse`."""
+    parser.add_argument(
+        "--template",
+        metavar="T",
+        help="topic template, e.g. 'home/{room}/{device_id}' (+ skips a level, a last # "
+        "takes the rest); the subscription filter follows from it",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMAT_NAMES,
+        metavar="F",
+        help=f"payload format: {', '.join(f for f in FORMAT_NAMES if f != 'mapping')} "
+        "(mapping needs a config file)",
+    )
 
 
 def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
@@ -84,6 +125,21 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
         mqtt.update(parse_broker_url(args.broker))
     if args.client_id:
         mqtt["client_id"] = args.client_id
+    if args.username:
+        mqtt["username"] = args.username
+    if args.password_file:
+        mqtt["password_file"] = args.password_file
+    tls = {
+        key: value
+        for key, value in (
+            ("ca_file", args.ca_file),
+            ("cert_file", args.cert),
+            ("key_file", args.key),
+        )
+        if value is not None
+    }
+    if tls:
+        mqtt["tls"] = {**mqtt.get("tls", {}), **tls, "enabled": True}
     if mqtt:
         out["mqtt"] = mqtt
     if args.data_dir:
@@ -101,16 +157,45 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def apply_subscription_flags(config: GatewayConfig, args: argparse.Namespace) -> GatewayConfig:
-    """--topic replaces the filters (keeping the first subscription's template and format)."""
+    """--topic, --template and --format replace the subscriptions with ones built from the
+    first configured subscription and the flags (one per --topic); --qos applies to all.
+
+    Without a template (configured, given or a preset's) a --topic filter is its own template:
+    every topic it delivers can be read. A --format other than the configured one drops the
+    configured mapping; a --template without --topic drops the configured filter.
+    """
     subs = config.mqtt.subscriptions
-    if args.topic:
-        subs = tuple(subs[0].model_copy(update={"filter": topic}) for topic in args.topic)
+    template = getattr(args, "template", None)
+    fmt = getattr(args, "format", None)
+    if args.topic or template is not None or fmt is not None:
+        base = subs[0].model_dump(exclude_unset=True, exclude={"filter"})
+        if fmt is not None and fmt != subs[0].format:
+            base.pop("mapping", None)
+            base["format"] = fmt
+        if template is not None:
+            base["template"] = template
+        subs = tuple(
+            _subscription({**base, "filter": topic}, index)
+            for index, topic in enumerate(args.topic or [""])
+        )
     if args.qos is not None:
         subs = tuple(s.model_copy(update={"qos": args.qos}) for s in subs)
     if subs is config.mqtt.subscriptions:
         return config
     mqtt = config.mqtt.model_copy(update={"subscriptions": subs})
     return config.model_copy(update={"mqtt": mqtt})
+
+
+def _subscription(fields: dict[str, Any], index: int) -> SubscriptionConfig:
+    try:
+        return SubscriptionConfig.model_validate(fields)
+    except ValidationError as exc:
+        where = f"mqtt.subscriptions.{index} (from --topic/--template/--format)"
+        problems = [
+            f"{where}: {problem.removeprefix('(top level): ')}"
+            for problem in format_validation_error(exc)
+        ]
+        raise ConfigError("; ".join(problems), problems) from exc
 
 
 def resolve_config(args: argparse.Namespace) -> GatewayConfig:
@@ -120,8 +205,15 @@ def resolve_config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def masked_config(config: GatewayConfig) -> str:
-    """The effective config as JSON; secrets print as ********."""
-    return json.dumps(config.model_dump(mode="json"), indent=2)
+    """The effective config as JSON; secrets print as ********. Each subscription shows the
+    template, filter and mapping it runs with (a preset's filled in)."""
+    shown = config.model_dump(mode="json")
+    for sub, out in zip(config.mqtt.subscriptions, shown["mqtt"]["subscriptions"], strict=True):
+        out["template"] = sub.effective_template
+        out["filter"] = sub.effective_filter
+        mapping = sub.effective_mapping
+        out["mapping"] = mapping.model_dump(mode="json") if mapping is not None else None
+    return json.dumps(shown, indent=2)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         return main_compact(argv[1:])
     if argv[:1] == ["seal"]:
         return main_seal(argv[1:])
+    if argv[:1] == ["parse"]:
+        # Imported here: it uses this module's flags (and a cycle at import time is avoided).
+        from gateway.parse import main_parse  # noqa: PLC0415
+
+        return main_parse(argv[1:])
     if argv[:1] == ["top"]:
         # Imported here so that rich is loaded only for this command, not in every worker.
         from gateway.top import main_top  # noqa: PLC0415
@@ -188,9 +285,16 @@ def check_config(path: Path) -> int:
     try:
         config = load_config(path)
         config.mqtt.read_password()
+        # The decoders the gateway builds at start, built the same way.
+        decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
     except ConfigError as exc:
         print_problems(exc)
         return EXIT_CONFIG
+    except ValueError as exc:
+        print_problems(ConfigError(f"mqtt.subscriptions: {exc}"))
+        return EXIT_CONFIG
+    for warning in decoders.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(masked_config(config))
     return EXIT_OK
 

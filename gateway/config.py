@@ -25,6 +25,16 @@ from pydantic_settings import (
 )
 
 from gateway.errors import ConfigError
+from gateway.subscriptions import MappingConfig, SubscriptionConfig
+
+__all__ = [
+    "GatewayConfig",
+    "LimitsConfig",
+    "MappingConfig",
+    "MqttSourceConfig",
+    "SubscriptionConfig",
+    "load_config",
+]
 
 # A client id names our files, so it must be a safe path segment.
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -59,53 +69,6 @@ class TlsConfig(_Part):
         if value is not None and not value.is_file():
             raise ValueError(f"no such file: {value}")
         return value
-
-
-class SubscriptionConfig(_Part):
-    """One topic filter, what its payloads look like and how its topic levels are named."""
-
-    filter: str = Field(
-        "",
-        description="MQTT topic filter; `$share/<group>/<filter>` for a shared subscription. "
-        "Derived from `template` (each {field} becomes +) when empty.",
-    )
-    template: str = Field(
-        "sensors/{site}/{device_id}/telemetry",
-        description="Names the topic levels; the fields become tags. {device_id} names the device, "
-        "{metric} the metric of a bare value.",
-    )
-    qos: Literal[0, 1] = Field(
-        1, description="1 = at least once (acked after fsync); 0 = at most once."
-    )
-    format: Literal["json", "senml", "bare"] = Field(
-        "json",
-        description="json: a reading object or an array of them; senml: RFC 8428 SenML JSON; "
-        "bare: a number, metric named by the topic's {metric}.",
-    )
-
-    @field_validator("template")
-    @classmethod
-    def _template_levels(cls, value: str) -> str:
-        for level in value.split("/"):
-            if level in ("+", "#") or ("{" in level and not re.fullmatch(r"\{[a-z_]+\}", level)):
-                raise ValueError(
-                    f"level {level!r}: use a literal or a whole-level {{field}} (lowercase name)"
-                )
-        return value
-
-    @model_validator(mode="after")
-    def _format_needs_fields(self) -> SubscriptionConfig:
-        if self.format == "bare" and not {"{device_id}", "{metric}"} <= set(
-            self.template.split("/")
-        ):
-            raise ValueError("format 'bare' needs {device_id} and {metric} in the template")
-        return self
-
-    @property
-    def effective_filter(self) -> str:
-        if self.filter:
-            return self.filter
-        return "/".join("+" if lvl.startswith("{") else lvl for lvl in self.template.split("/"))
 
 
 class MqttSourceConfig(_Part):
@@ -471,9 +434,16 @@ class GatewayConfig(BaseSettings):
 def format_validation_error(exc: ValidationError) -> list[str]:
     """One line per problem: `field.path: why`."""
     lines = []
-    for err in exc.errors():
+    errors = exc.errors()
+    for err in errors:
+        if err["type"] == "too_short" and any(
+            other["loc"][: len(err["loc"])] == err["loc"] and other is not err for other in errors
+        ):
+            continue  # a list left empty because its items failed: those errors say why
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        lines.append(f"{loc}: {err['msg']}")
+        # Our validators' own words, without pydantic's "Value error, " in front.
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{loc}: {message}")
     return lines
 
 

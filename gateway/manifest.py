@@ -30,7 +30,21 @@ MANIFEST_VERSION: Literal[1] = 1
 # blake2b digest size: 8 bytes tell a run's faulty payloads apart and keep the lines short.
 DIGEST_BYTES = 8
 
-PayloadFormat = Literal["json", "json_batch", "senml", "bare"]
+# The gateway's formats as the simulator sends them (json_batch: arrays of json readings), and
+# the presets' shapes (gateway/presets.py).
+PayloadFormat = Literal[
+    "json",
+    "json_batch",
+    "senml",
+    "bare",
+    "flat_json",
+    "zigbee2mqtt",
+    "tasmota",
+    "shelly",
+    "shelly_status",
+    "ha_statestream",
+    "ttn_v3",
+]
 FORMATS: tuple[str, ...] = get_args(PayloadFormat)
 # Formats whose readings carry `seq`; the others can only be audited by counting.
 SEQ_FORMATS: frozenset[str] = frozenset({"json", "json_batch"})

@@ -195,6 +195,11 @@ class GatewayMetrics:
         self._channel_depth.labels(name).set_function(depth)
         self._channel_capacity.labels(name).set(capacity)
 
+    def count_left_out(self, left_out: Callable[[], int]) -> None:
+        """gateway_mapping_values_left_out_total, read from the decoders at scrape time (they
+        count per value; no metric call on the hot path)."""
+        self.registry.register(LeftOutCollector(left_out))
+
     def export_sensor_values(self, values: SensorValues) -> None:
         """Expose gateway_sensor_value and its bookkeeping, read from `values` at scrape time."""
         self.registry.register(SensorValuesCollector(values))
@@ -329,6 +334,28 @@ class MergedWorkers(Collector):
             for (sample, labels), total in sums[name].items():
                 metric.add_sample(sample, dict(labels), total)
             yield metric
+
+
+class LeftOutCollector(Collector):
+    """Payload values a mapping did not store: strings it does not read, nulls, bad names."""
+
+    def __init__(self, left_out: Callable[[], int]) -> None:
+        self._left_out = left_out
+
+    def describe(self) -> list[Metric]:
+        return [self._family(0)]
+
+    def collect(self) -> list[Metric]:
+        return [self._family(self._left_out())]
+
+    @staticmethod
+    def _family(value: int) -> Metric:
+        return CounterMetricFamily(
+            "gateway_mapping_values_left_out",
+            "Payload values a mapping left out of readings (strings it does not read, nulls); "
+            "gateway parse names them.",
+            value=value,
+        )
 
 
 class SensorValuesCollector(Collector):

@@ -8,12 +8,17 @@ something that holds it, so it cannot be part of a cycle and the collector may s
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import msgspec
 
+# What a metric name may be: it names a Parquet column and may become a label.
+METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
+# Printable ASCII without spaces ("Cel", "%RH", "m/s2"): units are stored and may become labels.
+UNIT_NAME = re.compile(r"[!-~]{1,32}")
 # Whole seconds already formatted (readings arrive in time order, mostly within a few seconds).
 _SECOND_MEMORY = 4096
 

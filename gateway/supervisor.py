@@ -66,7 +66,9 @@ def worker_config(config: GatewayConfig, index: int) -> GatewayConfig:
             update={
                 "filter": s.effective_filter
                 if s.effective_filter.startswith("$share/")
-                else f"$share/{base}/{s.effective_filter}"
+                else f"$share/{base}/{s.effective_filter}",
+                # Kept as it was: an unset template may follow from the filter.
+                "template": s.effective_template,
             }
         )
         for s in config.mqtt.subscriptions

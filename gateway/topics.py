@@ -1,4 +1,11 @@
-"""Topic templates: `sensors/{site}/{device_id}/telemetry` -> fields."""
+"""Topic templates: `sensors/{site}/{device_id}/telemetry` -> fields; filters derived from them.
+
+A template level is a literal, a whole-level `{field}`, `+` (any one level, not kept) or, as the
+last level, `#` (any number of levels, none included, not kept). The subscription filter follows
+from the template (`{field}` -> `+`). A filter given as well must share topics with the template
+(`filter_mismatch`: else every message would be dead-lettered as topic_mismatch, an error at
+start) and should deliver only topics it can read (`filter_wider`: a warning at start).
+"""
 
 from __future__ import annotations
 
@@ -50,11 +57,16 @@ class TopicFields(NamedTuple):
     tags: dict[str, str]
 
 
+SKIP_LEVEL = "+"
+TAIL_LEVELS = "#"
+
+
 class TopicTemplate:
     """A topic template such as `sensors/{site}/{device_id}/telemetry`; `match` names the levels
-    of a received topic. Each level is a literal or a whole-level `{field}`."""
+    of a received topic. Each level is a literal, a whole-level `{field}`, `+` (any one level) or,
+    last, `#` (any number of levels, none included)."""
 
-    __slots__ = ("_fields", "_levels", "_literals", "fields", "template")
+    __slots__ = ("_fields", "_levels", "_literals", "_tail", "fields", "template")
 
     def __init__(self, template: str, max_device_id_length: int = MAX_FIELD_LENGTH) -> None:
         self.template = template
@@ -74,13 +86,20 @@ class TopicTemplate:
                     fields.append((index, name, device_ok, "invalid_device_id"))
                 else:
                     fields.append((index, name, field_ok, "topic_mismatch"))
-            elif "{" in level or "}" in level or level in ("+", "#"):
+            elif level == TAIL_LEVELS and index != len(levels) - 1:
+                raise ValueError(f"template {template!r}: '#' must be the last level")
+            elif level in (SKIP_LEVEL, TAIL_LEVELS):
+                continue
+            elif "{" in level or "}" in level or "+" in level or "#" in level:
                 raise ValueError(
-                    f"template {template!r}: level {level!r} must be a literal or a whole {{field}}"
+                    f"template {template!r}: level {level!r} must be a literal, a whole "
+                    "{field}, + or a last #"
                 )
             else:
                 literals.append((index, level))
-        self._levels = len(levels)
+        self._tail = levels[-1] == TAIL_LEVELS
+        # With a `#` tail the topic has at least the levels before it (`a/#` matches `a` too).
+        self._levels = len(levels) - 1 if self._tail else len(levels)
         self._literals = tuple(literals)
         self._fields = tuple(fields)
         self.fields: tuple[str, ...] = tuple(field[1] for field in fields)
@@ -88,14 +107,20 @@ class TopicTemplate:
     def __repr__(self) -> str:
         return f"TopicTemplate({self.template!r})"
 
+    @property
+    def filter(self) -> str:
+        """The subscription filter this template reads: each {field} becomes `+`."""
+        return derive_filter(self.template)
+
     def match(self, topic: str) -> dict[str, str]:
         """Field -> value for a topic of this shape; DecodeError when it is not one."""
         levels = topic.split("/")
-        if len(levels) != self._levels:
+        if len(levels) != self._levels and not (self._tail and len(levels) >= self._levels):
+            more = " or more" if self._tail else ""
             raise DecodeError(
                 "topic_mismatch",
                 f"topic {topic[:_QUOTE]!r} has {len(levels)} levels, "
-                f"template {self.template!r} has {self._levels}",
+                f"template {self.template!r} has {self._levels}{more}",
             )
         for index, literal in self._literals:
             if levels[index] != literal:
@@ -116,6 +141,81 @@ class TopicTemplate:
         found = self.match(topic)
         device_id, metric = found.pop(DEVICE_ID_FIELD, None), found.pop(METRIC_FIELD, None)
         return TopicFields(device_id, metric, SharedTags(found))
+
+
+def derive_filter(template: str) -> str:
+    """`sensors/{site}/{device_id}/telemetry` -> `sensors/+/+/telemetry` (`+`, `#` stay)."""
+    return "/".join(
+        SKIP_LEVEL if level.startswith("{") and level.endswith("}") else level
+        for level in template.split("/")
+    )
+
+
+def filter_mismatch(topic_filter: str, template: str) -> str | None:
+    """Words naming both when no topic the filter can deliver has the template's shape: every
+    message would be dead-lettered (topic_mismatch), so this is a configuration error. None
+    when they can match the same topic.
+
+    Compared level by level, as patterns: a template `{field}` or `+` takes any one level (its
+    value is checked per message), `#` any tail. The values a field accepts (safe ids) are not
+    looked at here: they are a property of each device, not of the configuration.
+    """
+    wanted, _, shape = _levels(topic_filter, template)
+    if _could_overlap(wanted, shape):
+        return None
+    return (
+        f"filter {topic_filter!r} and template {template!r} cannot match the same topic: no "
+        "message the filter delivers can be read"
+    )
+
+
+def filter_wider(topic_filter: str, template: str) -> str | None:
+    """Words naming both when the filter also delivers topics the template cannot read (those
+    messages are dead-lettered as topic_mismatch: worth a warning, as a wide filter may be
+    meant); None when every topic it delivers has the template's shape, or none does (see
+    `filter_mismatch`)."""
+    wanted, named, shape = _levels(topic_filter, template)
+    if not _could_overlap(wanted, shape):
+        return None
+    pair = f"filter {topic_filter!r} and template {template!r}"
+    # They overlap, so neither is longer without a `#` where the other ends.
+    for index, level in enumerate(wanted):
+        mine = shape[index] if index < len(shape) else TAIL_LEVELS
+        if mine == TAIL_LEVELS:
+            return None
+        if level == TAIL_LEVELS:
+            return (
+                f"{pair}: from level {index} the filter's '#' delivers topics of any shape, the "
+                f"template reads only {'/'.join(named[index:])!r} there; those others are "
+                "dead-lettered (topic_mismatch). Narrow the filter or end the template with '#'"
+            )
+        if mine not in (SKIP_LEVEL, level):
+            return (
+                f"{pair}: at level {index} the filter takes {level!r}, the template only "
+                f"{named[index]!r}; those others are dead-lettered (topic_mismatch)"
+            )
+    return None
+
+
+def _levels(topic_filter: str, template: str) -> tuple[list[str], list[str], list[str]]:
+    """The filter's levels, the template's, and the template's as a filter would have them."""
+    named = template.split("/")
+    shape = [SKIP_LEVEL if lvl.startswith("{") else lvl for lvl in named]
+    return unshared(topic_filter).split("/"), named, shape
+
+
+def _could_overlap(wanted: list[str], shape: list[str]) -> bool:
+    """Whether some topic matches both the filter and the template shape."""
+    for index in range(max(len(wanted), len(shape))):
+        mine = shape[index] if index < len(shape) else None
+        level = wanted[index] if index < len(wanted) else None
+        if TAIL_LEVELS in (level, mine):
+            return True  # the other side's remaining levels (or none) fit a `#`
+        if level is None or mine is None:
+            return False
+        if SKIP_LEVEL not in (level, mine) and level != mine:
+            return False
+    return True
 
 
 def unshared(topic_filter: str) -> str:

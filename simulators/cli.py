@@ -22,6 +22,7 @@ from simulators.spec import (
     BrokerSpec,
     RunSpec,
     check_spec,
+    default_template,
 )
 
 MAX_DEVICES = 50_000
@@ -100,10 +101,16 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device-id-pattern", default="dev-{n:05d}", help="fields: n, site, model")
     f.add_argument(
         "--topic-template",
-        help=f"default {DEFAULT_TEMPLATE} ({DEFAULT_BARE_TEMPLATE} "
-        "for bare); fields: site, device_id, model, metric",
+        help=f"default {DEFAULT_TEMPLATE} ({DEFAULT_BARE_TEMPLATE} for bare, the preset's "
+        "topic for a preset); fields: site, device_id, model, metric",
     )
-    f.add_argument("--format", choices=FORMATS, default="json", help="payload format")
+    f.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="json",
+        help="payload format: the gateway's (json, json_batch, senml, bare) or a preset's shape "
+        "(gateway run --format <the same>)",
+    )
     f.add_argument("--batch-size", type=_positive_int, default=10, help="readings per json_batch")
     f.add_argument("--seed", type=int, default=0, help="same seed, same messages (default 0)")
     f.add_argument("--start-time", type=_start_time, help="device clock start (default: now)")
@@ -222,9 +229,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     if args.processes > args.devices:
         raise ValueError("--processes: more processes than devices")
     profile = load_profile(args.profile)
-    template = args.topic_template or (
-        DEFAULT_BARE_TEMPLATE if args.format == "bare" else DEFAULT_TEMPLATE
-    )
+    template = args.topic_template or default_template(args.format)
     rate = args.rate if args.rate is not None else (0.0 if args.prebuilt else 1.0)
     count = args.count  # neither --count nor --duration: until SIGINT/SIGTERM
     if args.prebuilt and count is None and (args.duration is None or rate == 0):

@@ -6,7 +6,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from gateway.errors import REJECT_REASONS
-from gateway.manifest import FAULT_KINDS
+from gateway.manifest import FAULT_KINDS, FORMATS
+from simulators.preset_payloads import PRESET_REASONS
 
 # Kinds that leave the reading valid: the gateway stores it (perhaps twice, perhaps late).
 NOT_REJECTED = frozenset({"duplicate", "out_of_order", "disconnect"})
@@ -54,6 +55,10 @@ def reasons_for(fmt: str, topic_has_device_id: bool) -> dict[str, str | None]:
             reasons["path_traversal"] = "device_id_mismatch"
     elif fmt == "bare":
         reasons = dict(_BARE)
+    elif fmt in PRESET_REASONS:
+        reasons = dict(PRESET_REASONS[fmt])
+        if not topic_has_device_id:
+            reasons.pop("path_traversal", None)
     else:
         raise ValueError(f"unknown format {fmt!r}")
     for kind in sorted(NOT_REJECTED):
@@ -125,7 +130,7 @@ class FaultPlan:
 
 def check_reasons_known() -> None:
     """Every label must be one of the gateway's reasons (they are metric labels there)."""
-    for fmt in ("json", "json_batch", "senml", "bare"):
+    for fmt in FORMATS:
         for has_id in (True, False):
             for kind, reason in reasons_for(fmt, has_id).items():
                 if reason is not None and reason not in REJECT_REASONS:

@@ -57,11 +57,13 @@ class SeqRuns:
 class DeviceLog:
     """Counts and remembers one device's sent messages: seq runs and labelled faults."""
 
-    __slots__ = ("device", "faults", "messages", "seqs", "topic")
+    __slots__ = ("device", "faults", "messages", "metrics", "seqs", "topic")
 
-    def __init__(self, device: Device, topic: str) -> None:
+    def __init__(self, device: Device, topic: str, metrics: tuple[str, ...] | None = None) -> None:
         self.device = device
         self.topic = topic
+        # The metric names the gateway stores per reading (a preset's, not the device's).
+        self.metrics = device.metrics if metrics is None else metrics
         self.seqs = SeqRuns()
         self.faults: list[FaultRecord] = []
         self.messages = 0
@@ -90,7 +92,7 @@ class DeviceLog:
             site=d.site,
             model=d.model,
             topic=self.topic,
-            metrics=d.metrics,
+            metrics=self.metrics,
             seq=tuple((first, last) for first, last in self.seqs.runs),
             messages=self.messages,
             faults=tuple(self.faults),

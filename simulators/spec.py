@@ -7,7 +7,9 @@ import string
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.manifest import PayloadFormat
 from simulators.faults import FaultPlan
+from simulators.preset_payloads import PRESET_TEMPLATES
 from simulators.profile import DEFAULT, Profile
 
 DEFAULT_TEMPLATE = "sensors/{site}/{device_id}/telemetry"
@@ -44,7 +46,7 @@ class RunSpec:
 
     devices: int = 10
     seed: int = 0
-    format: Literal["json", "json_batch", "senml", "bare"] = "json"
+    format: PayloadFormat = "json"
     qos: Literal[0, 1] = 1
     topic_template: str = DEFAULT_TEMPLATE
     device_id_pattern: str = "dev-{n:05d}"
@@ -78,6 +80,13 @@ class RunSpec:
         return "{device_id}" in self.topic_template
 
 
+def default_template(fmt: str) -> str:
+    """The topic a format's messages go to unless --topic-template says otherwise."""
+    if fmt == "bare":
+        return DEFAULT_BARE_TEMPLATE
+    return PRESET_TEMPLATES.get(fmt, DEFAULT_TEMPLATE)
+
+
 def template_fields(template: str) -> set[str]:
     """The {fields} of a topic template; ValueError for anything str.format would trip on."""
     try:
@@ -98,8 +107,12 @@ def check_spec(spec: RunSpec) -> None:
     names = template_fields(spec.topic_template)
     if spec.format == "bare" and not {"device_id", "metric"} <= names:
         raise ValueError("--format bare needs {device_id} and {metric} in --topic-template")
-    if spec.format != "bare" and "metric" in names:
-        raise ValueError("{metric} in --topic-template is only for --format bare")
+    if spec.format == "shelly_status" and "metric" not in names:
+        raise ValueError(
+            "--format shelly_status needs {metric} (the component) in --topic-template"
+        )
+    if spec.format not in ("bare", "shelly_status") and "metric" in names:
+        raise ValueError("{metric} in --topic-template is only for --format bare and shelly_status")
     for n in (0, spec.devices - 1):
         site = spec.sites[n % len(spec.sites)]
         try:

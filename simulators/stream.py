@@ -13,6 +13,12 @@ from simulators import payloads
 from simulators.devices import Device, make_device
 from simulators.draws import GOLDEN, MASK64, SALT_CLOCK, SALT_FAULT, derive, mix64, unit, unit_at
 from simulators.faults import reasons_for
+from simulators.preset_payloads import (
+    PRESET_FORMATS,
+    broken_preset,
+    preset_messages,
+    stored_metrics,
+)
 from simulators.spec import RunSpec
 
 
@@ -38,6 +44,11 @@ def device_for(spec: RunSpec, index: int) -> Device:
         device_id_pattern=spec.device_id_pattern,
         start_s=spec.start_ms / 1000,
     )
+
+
+def manifest_metrics(spec: RunSpec, device: Device) -> tuple[str, ...]:
+    """The metric names the gateway stores per reading of `device` in this run's format."""
+    return stored_metrics(spec.format, device) if spec.format in PRESET_FORMATS else device.metrics
 
 
 def device_topic(spec: RunSpec, device: Device, metric: str = "{metric}") -> str:
@@ -156,7 +167,10 @@ class _Maker:
     ) -> Iterator[Message]:
         d = self.device
         fmt = self.fmt
-        if fmt == "json":
+        if fmt in PRESET_FORMATS:
+            for part, payload in preset_messages(fmt, d, seq, ts_ms, values):
+                yield Message(due, self.preset_topic(part), payload, (seq,))
+        elif fmt == "json":
             obj = self.reading(seq, ts_ms, values)
             yield Message(due, self.topic, payloads.json_payload(obj), (seq,))
         elif fmt == "json_batch":
@@ -169,10 +183,23 @@ class _Maker:
             for metric, value in values.items():
                 yield Message(due, self.metric_topics[metric], payloads.bare_payload(value), (seq,))
 
+    def preset_topic(self, part: str, device_id: str | None = None) -> str:
+        """A preset message's topic; `part` is the Shelly component of a status topic."""
+        d = self.device
+        if not part and device_id is None:
+            return self.topic
+        return self.spec.topic_template.format(
+            site=d.site, device_id=device_id or d.device_id, model=d.model, metric=part
+        )
+
     def broken(
         self, kind: str, seq: int, ts_ms: int, values: dict[str, float]
     ) -> tuple[str, bytes]:
         d = self.device
+        if self.fmt in PRESET_FORMATS:
+            part, payload = broken_preset(self.fmt, kind, d, seq=seq, ts_ms=ts_ms, values=values)
+            traversal = payloads.TRAVERSAL_TOPIC_LEVEL if kind == "path_traversal" else None
+            return self.preset_topic(part, traversal), payload
         if self.fmt in ("json", "json_batch"):
             batch = self.fmt == "json_batch"
             payload = payloads.broken_json(

@@ -61,3 +61,20 @@ def test_the_compaction_benchmark_compacts_every_reading_it_wrote(tmp_path: Path
     assert run["readings"] == 20000
     assert 0 < run["parquet_bytes"] < run["jsonl_bytes"]
     assert run["peak_rss_mb"] > 0
+
+
+def test_the_decode_benchmark_decodes_every_shape_it_builds(tmp_path: Path) -> None:
+    """benchmarks/decode.py on a small fleet (no timing): every shape decoded, every reading
+    counted, the json format the unit of the ratios."""
+    out = tmp_path / "decode.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.decode", "--devices", "10", "--per-device", "3",
+         "--rounds", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads(out.read_text(encoding="utf-8"))
+    assert results["json"]["ratio_to_json"] == 1.0
+    for name, row in results.items():
+        assert row["readings"] >= 30, name
+        assert row["us_per_reading"] > 0, name

@@ -193,3 +193,126 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         env=full_env,
         cwd=ROOT,
     )
+
+
+def test_broker_auth_and_tls_flags_as_gateway_sim_has_them(tmp_path: Path) -> None:
+    for name in ("pw", "ca.pem", "client.pem", "client.key"):
+        (tmp_path / name).write_text("x\n")
+    args = build_parser().parse_args(
+        [
+            "run",
+            "--broker", "mqtt://broker.example:8883",
+            "--username", "gw",
+            "--password-file", str(tmp_path / "pw"),
+            "--ca-file", str(tmp_path / "ca.pem"),
+            "--cert", str(tmp_path / "client.pem"),
+            "--key", str(tmp_path / "client.key"),
+        ]
+    )  # fmt: skip
+    mqtt = resolve_config(args).mqtt
+    assert (mqtt.host, mqtt.port, mqtt.username) == ("broker.example", 8883, "gw")
+    assert mqtt.password_file == tmp_path / "pw"
+    assert mqtt.read_password() == "x"
+    assert mqtt.tls.enabled
+    assert (mqtt.tls.ca_file, mqtt.tls.cert_file, mqtt.tls.key_file) == (
+        tmp_path / "ca.pem",
+        tmp_path / "client.pem",
+        tmp_path / "client.key",
+    )
+    alias = build_parser().parse_args(["run", "--cert-file", "c", "--key-file", "k"])
+    assert (alias.cert, alias.key) == (Path("c"), Path("k"))
+
+
+def test_a_cert_without_its_key_is_refused_naming_the_field(tmp_path: Path) -> None:
+    (tmp_path / "client.pem").write_text("x")
+    args = build_parser().parse_args(["run", "--cert", str(tmp_path / "client.pem")])
+    with pytest.raises(ConfigError, match=r"mqtt\.tls"):
+        resolve_config(args)
+
+
+@pytest.mark.parametrize(
+    ("argv", "template", "subscribed"),
+    [
+        (["--topic", "home/#"], "home/#", "home/#"),
+        (["--topic", "home/#", "--format", "flat_json"], "home/#", "home/#"),
+        (["--format", "zigbee2mqtt"], "zigbee2mqtt/{device_id}", "zigbee2mqtt/+"),
+        (
+            ["--format", "tasmota", "--topic", "tele/+/SENSOR"],
+            "tele/{device_id}/SENSOR",
+            "tele/+/SENSOR",
+        ),
+        (
+            ["--template", "v3/+/devices/{device_id}/up", "--format", "ttn_v3"],
+            None,
+            "v3/+/devices/+/up",
+        ),
+        (["--template", "a/{device_id}"], "a/{device_id}", "a/+"),
+    ],
+)
+def test_topic_template_and_format_flags_make_the_subscription(
+    argv: list[str], template: str | None, subscribed: str
+) -> None:
+    args = build_parser().parse_args(["run", *argv])
+    (sub,) = resolve_config(args).mqtt.subscriptions
+    assert sub.effective_template == (template or "v3/+/devices/{device_id}/up")
+    assert sub.effective_filter == subscribed
+
+
+def test_a_template_flag_that_cannot_read_the_topic_flag_is_a_config_error() -> None:
+    args = build_parser().parse_args(
+        ["run", "--topic", "home/#", "--template", "sensors/{site}/{device_id}/telemetry"]
+    )
+    with pytest.raises(ConfigError) as err:
+        resolve_config(args)
+    assert err.value.problems == [
+        "mqtt.subscriptions.0 (from --topic/--template/--format): filter 'home/#' and template "
+        "'sensors/{site}/{device_id}/telemetry' cannot match the same topic: no message the "
+        "filter delivers can be read"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        ("format = 'xml'", "mqtt.subscriptions.0.format: 'xml' is not one of"),
+        ("format = 'json'\n[mqtt.subscriptions.mapping]\nts = 'received'", "mapping is for format"),
+        ("format = 'mapping'", "format 'mapping' needs a [mapping] table"),
+        (
+            "format = 'mapping'\n[mqtt.subscriptions.mapping]\nrename = { a = 'b c' }",
+            "mqtt.subscriptions.0.mapping.rename: a = 'b c': not a metric name",
+        ),
+        (
+            "format = 'mapping'\n[mqtt.subscriptions.mapping]\nts = 'topic:x'",
+            "mqtt.subscriptions.0.mapping.ts: 'topic:x': expected received | payload:<path>",
+        ),
+        (
+            "format = 'mapping'\n[mqtt.subscriptions.mapping]\nts = 'received|payload:t'",
+            "'received' is always there, so it can only come last",
+        ),
+        (
+            "format = 'mapping'\n[mqtt.subscriptions.mapping]\nunits = { t = 'deg C' }",
+            "mqtt.subscriptions.0.mapping.units: t = 'deg C': a unit is 1-32 printable ASCII",
+        ),
+        (
+            "format = 'zigbee2mqtt'\n[mqtt.subscriptions.mapping]\ncolour = 1",
+            "mqtt.subscriptions.0.mapping.colour: Extra inputs are not permitted",
+        ),
+        (
+            "format = 'mapping'\ntemplate = 'a/{device_id}'\n[mqtt.subscriptions.mapping]\n"
+            "device_id = 'topic:room'",
+            "mapping.device_id: 'topic:room' names no field of template 'a/{device_id}'",
+        ),
+        (
+            "format = 'mapping'\n[mqtt.subscriptions.mapping]\nroot = 'a..b'",
+            "mqtt.subscriptions.0.mapping.root: 'a..b' is not a payload path",
+        ),
+    ],
+)
+def test_a_bad_mapping_is_refused_at_load_naming_the_field(
+    tmp_path: Path, toml: str, where: str
+) -> None:
+    path = tmp_path / "gw.toml"
+    path.write_text(f"[[mqtt.subscriptions]]\n{toml}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert where in "\n".join(err.value.problems)

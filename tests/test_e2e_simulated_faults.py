@@ -13,8 +13,7 @@ from gateway import Gateway
 from gateway.audit import audit, format_table
 from gateway.manifest import FAULT_KINDS, read_header
 from tests.support.broker import Broker
-from tests.support.gateway import make_config, running
-from tests.support.poll import eventually
+from tests.support.gateway import make_config, running, settled
 
 # Kinds that cannot happen in a format (see the simulator's fault table).
 NOT_APPLICABLE = {
@@ -55,16 +54,7 @@ async def test_every_fault_kind_reaches_the_dead_letter_files_with_its_reason(
             "--seed", "11", "--manifest", str(manifest), "--quiet",
         )  # fmt: skip
         assert await asyncio.wait_for(sim.wait(), 120) == 0
-        sent = read_header(manifest).messages_sent
-        m = gateway.metrics
-        await eventually(
-            lambda: (
-                m.sample("gateway_messages_received_total") >= sent
-                and m.sample("gateway_readings_in_flight") == 0
-            ),
-            timeout_s=60,
-            message=f"all {sent} messages settled",
-        )
+        await settled(gateway, read_header(manifest).messages_sent)
     header = read_header(manifest)
     expected_kinds = set(FAULT_KINDS) - NOT_APPLICABLE[fmt]
     assert {k for k, n in header.faults.items() if n} == expected_kinds, header.faults

@@ -19,6 +19,7 @@ from pathlib import Path
 import duckdb
 
 from gateway.manifest import read_header
+from gateway.presets import PRESETS
 from tests.support.broker import Broker, free_port
 from tests.support.poll import eventually_sync
 from tests.support.scrape import get_sync
@@ -122,3 +123,31 @@ def test_the_simulator_and_audit_example_is_ok_and_duckdb_reads_the_files(
     finally:
         os.chdir(cwd)
     assert len(rows) == lines_on_disk > 0
+
+
+def test_the_worked_mapping_prints_what_your_devices_says(tmp_path: Path) -> None:
+    """README, Your devices: the weather station mapping and `gateway parse`, run as written;
+    the output is the one shown below the commands."""
+    lines = write_heredocs(sh_block("cat > weather.toml"), tmp_path)
+    (parse,) = [command(line) for line in lines if line.startswith("gateway parse ")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    done = subprocess.run(
+        parse, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    shown = re.search(r"```text\n(topic 'weather/.*?)```", README, flags=re.DOTALL)
+    assert shown is not None
+    assert done.stdout == shown[1]
+
+
+def test_the_first_commands_of_your_devices_run() -> None:
+    (parse,) = [line for line in sh_block("--format flat_json") if line.startswith("gateway parse")]
+    done = subprocess.run(command(parse), capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert '"device_id": "thermo-1"' in done.stdout
+
+
+def test_the_preset_table_lists_every_preset() -> None:
+    section = README.split("## Your devices", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \| ", section, flags=re.MULTILINE)
+    assert rows == list(PRESETS)

@@ -7,7 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.errors import DecodeError
-from gateway.topics import TopicTemplate, safe_name_pattern
+from gateway.topics import (
+    TopicTemplate,
+    derive_filter,
+    filter_matches,
+    filter_mismatch,
+    filter_wider,
+    safe_name_pattern,
+)
 
 TEMPLATE = "sensors/{site}/{device_id}/telemetry"
 
@@ -83,7 +90,10 @@ def test_error_detail_quotes_network_text_only_truncated() -> None:
 
 @pytest.mark.parametrize(
     "template",
-    ["a/{Site}", "a/{site", "a/x{site}", "a/+", "a/#/b", "a/{site}/{site}", "a/{}", "a/{s-1}"],
+    [
+        *("a/{Site}", "a/{site", "a/x{site}", "a/#/b", "a/{site}/{site}", "a/{}", "a/{s-1}"),
+        *("a/b+", "a/#x", "#/a"),
+    ],
 )
 def test_a_template_level_that_is_not_a_literal_or_whole_field_is_refused(template: str) -> None:
     with pytest.raises(ValueError, match="template"):
@@ -112,3 +122,105 @@ def test_any_topic_gives_fields_or_a_decode_error(topic: str) -> None:
         assert "/".join(("sensors", fields["site"], fields["device_id"], "telemetry")) == topic
         return
     assert refused in ("topic_mismatch", "invalid_device_id")
+
+
+def test_a_plus_level_takes_any_one_level_and_keeps_nothing() -> None:
+    template = TopicTemplate("v3/+/devices/{device_id}/up")
+    assert template.match("v3/app1@ttn/devices/dev-1/up") == {"device_id": "dev-1"}
+    assert reason(template, "v3/devices/dev-1/up") == "topic_mismatch"
+
+
+def test_a_hash_tail_takes_any_number_of_levels_none_included() -> None:
+    template = TopicTemplate("home/{room}/#")
+    assert template.match("home/kitchen") == {"room": "kitchen"}
+    assert template.match("home/kitchen/thermo/1") == {"room": "kitchen"}
+    assert reason(template, "home") == "topic_mismatch"
+    assert reason(template, "office/kitchen/x") == "topic_mismatch"
+
+
+def test_the_filter_follows_from_the_template() -> None:
+    assert derive_filter("sensors/{site}/{device_id}/telemetry") == "sensors/+/+/telemetry"
+    assert derive_filter("v3/+/devices/{device_id}/up") == "v3/+/devices/+/up"
+    assert TopicTemplate("home/{room}/#").filter == "home/+/#"
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "template"),
+    [
+        ("sensors/+/+/telemetry", "sensors/{site}/{device_id}/telemetry"),
+        ("sensors/site-a/+/telemetry", "sensors/{site}/{device_id}/telemetry"),  # narrower
+        ("$share/g/sensors/+/+/telemetry", "sensors/{site}/{device_id}/telemetry"),
+        ("home/#", "home/#"),
+        ("home/+/temp", "home/#"),
+        ("home", "home/#"),  # `home/#` matches `home` too
+        ("zigbee2mqtt/+", "zigbee2mqtt/{device_id}"),
+    ],
+)
+def test_a_filter_delivering_only_readable_topics_is_accepted(
+    topic_filter: str, template: str
+) -> None:
+    assert filter_mismatch(topic_filter, template) is None
+    assert filter_wider(topic_filter, template) is None
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "template"),
+    [
+        ("home/#", "sensors/{site}/{device_id}/telemetry"),
+        ("a/b", "a/c"),
+        ("a/+/b", "a/{x}"),
+        ("a/b/#", "a/c/#"),
+    ],
+)
+def test_a_filter_that_cannot_match_its_template_is_named_with_both(
+    topic_filter: str, template: str
+) -> None:
+    problem = filter_mismatch(topic_filter, template)
+    assert problem == (
+        f"filter {topic_filter!r} and template {template!r} cannot match the same topic: no "
+        "message the filter delivers can be read"
+    )
+    assert filter_wider(topic_filter, template) is None
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "template", "words"),
+    [
+        ("zigbee2mqtt/#", "zigbee2mqtt/{device_id}", "'#' delivers topics of any shape"),
+        ("sensors/+/+/+", "sensors/{site}/{device_id}/telemetry", "the template only"),
+        ("t/#", "t/{site}/{device_id}/telemetry", "'#' delivers topics of any shape"),
+    ],
+)
+def test_a_filter_wider_than_its_template_is_warned_about_naming_both(
+    topic_filter: str, template: str, words: str
+) -> None:
+    assert filter_mismatch(topic_filter, template) is None
+    warning = filter_wider(topic_filter, template)
+    assert warning is not None
+    assert words in warning
+    assert repr(topic_filter) in warning
+    assert repr(template) in warning
+
+
+level = st.sampled_from(["a", "b", "+", "{x}", "#"])
+topic_level = st.sampled_from(["a", "b", "c"])
+
+
+@given(
+    shape=st.lists(level, min_size=1, max_size=4),
+    wanted=st.lists(st.sampled_from(["a", "b", "+", "#"]), min_size=1, max_size=4),
+    topic=st.lists(topic_level, min_size=1, max_size=5),
+)
+def test_when_no_problem_is_found_every_topic_the_filter_delivers_has_the_template_shape(
+    shape: list[str], wanted: list[str], topic: list[str]
+) -> None:
+    if "#" in shape[:-1] or "#" in wanted[:-1] or shape.count("{x}") > 1:
+        return
+    template, topic_filter, name = "/".join(shape), "/".join(wanted), "/".join(topic)
+    readable = filter_mismatch(topic_filter, template) is None
+    if (
+        readable
+        and filter_wider(topic_filter, template) is None
+        and filter_matches(topic_filter, name)
+    ):
+        TopicTemplate(template).match(name)  # no DecodeError

@@ -10,12 +10,9 @@ import msgspec
 from gateway.config import LimitsConfig
 from gateway.decode.timestamps import QUOTE
 from gateway.errors import DecodeError, RejectReason
-from gateway.model import Reading
+from gateway.model import METRIC_NAME, UNIT_NAME, Reading
 from gateway.topics import safe_name_pattern
 
-METRIC_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.:-]{0,63}")
-# Printable ASCII without spaces ("Cel", "%RH", "m/s2"): units are stored and may become labels.
-UNIT_NAME = re.compile(r"[!-~]{1,32}")
 # Sequence numbers end up in 64-bit columns downstream.
 MAX_SEQ = 2**63 - 1
 # Device ids, metric names and units found well-formed are remembered (they repeat with every
@@ -48,28 +45,133 @@ def resolve_device_id(payload_id: str | None, topic_id: str | None) -> str:
 def error_from_msgspec(
     exc: msgspec.DecodeError | UnicodeDecodeError, payload: bytes
 ) -> DecodeError:
-    """Our reason for a msgspec error. Its message names the place in our schema (`$.metrics`)
-    and what was expected, never the payload's own text, so it may go into the detail.
+    """Our reason for a msgspec error, and a detail in the payload's terms: where (the path in
+    the payload), what was there and what was wanted (`metrics.temperature = "21.5": expected a
+    number, got a string`), worked out from msgspec's message and the payload itself. Only
+    rejected payloads pay for this.
 
     msgspec before 0.23 raises UnicodeDecodeError (not its DecodeError) for a string that is not
     UTF-8: both are invalid JSON here."""
     if isinstance(exc, UnicodeDecodeError):
-        return DecodeError("invalid_json", "a string is not valid UTF-8")
+        return DecodeError("invalid_json", "not valid JSON: not UTF-8 text")
     message = str(exc)
     reason: RejectReason
     if not isinstance(exc, msgspec.ValidationError):
         if _NON_FINITE.search(payload):
             # Not JSON (RFC 8259 §6), but what Python's json.dumps and some firmware send for a
             # broken sensor: a value problem, named as one.
-            return DecodeError("invalid_value", f"not a finite number (NaN or Infinity): {message}")
-        reason = "invalid_json"  # malformed JSON, or not UTF-8
-    elif message.startswith("Object missing required field"):
+            return DecodeError("invalid_value", "not a finite number (NaN or Infinity)")
+        return DecodeError("invalid_json", _malformed(message))  # malformed, or not UTF-8
+    if message.startswith("Object missing required field"):
         reason = "missing_field"
     elif message.startswith("Number out of range"):
         reason = "invalid_value"
     else:
         reason = "invalid_schema"
-    return DecodeError(reason, message[:160])
+    return DecodeError(reason, _described(message, payload)[:200])
+
+
+_EXPECTED = re.compile(r"Expected `(?P<want>[^`]+)`, got `(?P<got>[^`]+)`(?: - at `(?P<at>.+)`)?")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]+)`(?: - at `(?P<at>.+)`)?")
+_OUT_OF_RANGE = re.compile(r"Number out of range(?: - at `(?P<at>.+)`)?")
+_STEP = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
+_WORDS = {
+    "float": "a number",
+    "int": "a whole number",
+    "str": "a string",
+    "bool": "a boolean",
+    "null": "null",
+    "object": "an object",
+    "array": "an array",
+}
+
+
+def _malformed(message: str) -> str:
+    if "truncated" in message:
+        return "not valid JSON: it ends in the middle"
+    if "UTF-8" in message:
+        return "not valid JSON: not UTF-8 text"
+    where = re.search(r"\(byte (\d+)\)", message)
+    return "not valid JSON" + (f" at byte {where.group(1)}" if where else "")
+
+
+def _described(message: str, payload: bytes) -> str:
+    """msgspec's message about our schema, restated about the payload."""
+    found = _EXPECTED.match(message)
+    if found is not None:
+        want = " or ".join(_WORDS.get(w, w) for w in found["want"].split(" | "))
+        got = _WORDS.get(found["got"], found["got"])
+        at = found["at"]
+        if at is None:
+            return f"the payload is {got}, expected {want}"
+        path, value = _locate(at, payload, found["got"])
+        shown = "" if value is _NOTHING else f" = {_json_text(value)}"
+        return f"{path}{shown}: expected {want}, got {got}"
+    found = _MISSING.match(message)
+    if found is not None:
+        where = f" in {_locate(found['at'], payload, 'object')[0]}" if found["at"] else ""
+        return f"no {found['field']!r} field{where}"
+    found = _OUT_OF_RANGE.match(message)
+    if found is not None and found["at"]:
+        return f"{_locate(found['at'], payload, 'float')[0]}: a number out of range"
+    return message
+
+
+_NOTHING = object()
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "float": (float,),
+    "int": (int,),
+    "str": (str,),
+    "bool": (bool,),
+    "null": (type(None),),
+    "object": (dict,),
+    "array": (list,),
+}
+
+
+def _locate(at: str, payload: bytes, got: str) -> tuple[str, object]:
+    """`$.metrics[...]` -> ("metrics.temperature", its value): msgspec does not name dict keys,
+    so `[...]` is the first key whose value has the type it found."""
+    try:
+        value: object = msgspec.json.decode(payload)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        value = _NOTHING
+    parts: list[str] = []
+    steps = list(_STEP.finditer(at))
+    for index, step in enumerate(steps):
+        key, item = step.group(1), step.group(2)
+        if key is not None:
+            parts.append(key)
+            value = value.get(key, _NOTHING) if isinstance(value, dict) else _NOTHING
+        elif item != "...":
+            parts.append(f"[{item}]")
+            position = int(item)
+            ok = isinstance(value, list) and position < len(value)
+            value = value[position] if ok else _NOTHING  # type: ignore[index]
+        elif isinstance(value, dict):
+            last = index == len(steps) - 1
+            wanted = _JSON_TYPES.get(got, ()) if last else (dict, list)
+            name = next(
+                (k for k, v in value.items() if isinstance(v, wanted) and not _bool_as(v, got)),
+                None,
+            )
+            parts.append(str(name) if name is not None else "[...]")
+            value = value[name] if name is not None else _NOTHING
+        else:
+            parts.append("[...]")
+            value = _NOTHING
+    path = ".".join(parts).replace(".[", "[") or "the payload"
+    return path, value
+
+
+def _bool_as(value: object, got: str) -> bool:
+    # JSON true/false decode as bool, a subclass of int: not what an `int` error means.
+    return isinstance(value, bool) and got in ("int", "float")
+
+
+def _json_text(value: object) -> str:
+    text = msgspec.json.encode(value).decode()
+    return text if len(text) <= QUOTE else text[: QUOTE - 3] + "..."
 
 
 class ReadingCheck:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeAlias
 
 from gateway.config import CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep, StepConfig
-from gateway.errors import RejectReason
+from gateway.errors import ConfigError, RejectReason
 from gateway.model import Reading
 from gateway.transforms.check_range import CheckRange
 from gateway.transforms.convert_units import ConvertUnits
@@ -26,6 +26,7 @@ __all__ = [
     "RejectReason",
     "Transform",
     "Verdict",
+    "build_steps",
     "build_transform",
 ]
 
@@ -39,3 +40,14 @@ def build_transform(step: StepConfig) -> Transform:
     if isinstance(step, ConvertUnitsStep):
         return ConvertUnits(step)
     raise TypeError(f"no transform for step {type(step).__name__}")
+
+
+def build_steps(steps: Sequence[StepConfig]) -> list[Transform]:
+    """The transforms of the configured steps, in order; ConfigError naming `steps.N`."""
+    built = []
+    for index, step in enumerate(steps):
+        try:
+            built.append(build_transform(step))
+        except ValueError as exc:
+            raise ConfigError(f"steps.{index}: {exc}") from exc
+    return built

@@ -62,6 +62,19 @@ async def running(gateway: Gateway, connected: bool = True) -> AsyncIterator[Gat
             raise
 
 
+async def settled(gateway: Gateway, messages: int, timeout_s: float = 60) -> None:
+    """Wait until `gateway` has received `messages` MQTT messages and has none in flight."""
+    m = gateway.metrics
+    await eventually(
+        lambda: (
+            m.sample("gateway_messages_received_total") >= messages
+            and m.sample("gateway_readings_in_flight") == 0
+        ),
+        timeout_s=timeout_s,
+        message=f"all {messages} messages settled",
+    )
+
+
 def reading_payload(
     device_id: str, seq: int, metrics: dict[str, float] | None = None, ts: float | None = None
 ) -> bytes:
