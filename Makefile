@@ -7,7 +7,16 @@ DEMO_STAMP ?= $(VENV)/.installed-demo
 DEV_STAMP  ?= $(VENV)/.installed-dev
 DEMO_ARGS  ?=
 
-.PHONY: help install install-demo system-deps test lint run demo bench bench-compaction bench-decode clean
+# The lowest versions pyproject allows, in a venv of their own, and the tests that exercise them.
+FLOORS ?= .venv-floors
+FLOOR_TESTS ?= tests/test_decode_json.py tests/test_decode_senml.py tests/test_decode_bare.py \
+	tests/test_decode_mapping.py tests/test_config.py tests/test_transforms.py \
+	tests/test_sinks_files.py tests/test_sinks_dead_letter.py tests/test_e2e_delivery.py \
+	tests/test_e2e_source.py tests/test_e2e_protocols.py tests/test_e2e_tls.py \
+	tests/test_compaction.py tests/test_compaction_readers.py tests/test_audit.py tests/test_top.py
+
+.PHONY: help install install-demo system-deps test test-floors lint run demo bench bench-compaction \
+	bench-decode clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -32,8 +41,14 @@ install-demo: $(DEMO_STAMP) ## create .venv with the gateway and the demo's brok
 system-deps: ## install mosquitto, mosquitto-clients, prometheus (promtool) if missing
 	./scripts/system-deps.sh
 
-test: system-deps install ## run the whole test suite (real Mosquitto, real files)
+test: system-deps install ## run the whole test suite (real Mosquitto, real files), then test-floors
 	$(BIN)/pytest -q
+	$(MAKE) test-floors
+
+test-floors: system-deps install ## the lowest dependency versions pyproject allows, and the tests that use them
+	$(BIN)/uv venv -q --allow-existing -p $(BIN)/python $(FLOORS)
+	$(BIN)/uv pip install -q -p $(FLOORS)/bin/python --resolution lowest-direct -e '.[dev,demo]'
+	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
 lint: install ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
@@ -54,4 +69,4 @@ bench-decode: install ## CPU per reading: mappings and presets against the json 
 	$(BIN)/python -m benchmarks.decode
 
 clean:
-	rm -rf $(VENV) data demo-data .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS) data demo-data .pytest_cache .ruff_cache
