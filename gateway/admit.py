@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Sequence
 
 from gateway.channel import Channel
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, SubscriptionConfig
 from gateway.decode import SubscriptionDecoders
 from gateway.errors import DecodeError
 from gateway.metrics import GatewayMetrics
@@ -37,20 +38,34 @@ class Admission:
         devices: set[str],
         max_devices: int,
     ) -> None:
-        decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
-        for warning in decoders.warnings:
-            log.warning("%s", warning)
-        self._decode = decoders.single or decoders
-        metrics.count_left_out(decoders.values_left_out)
         self._metrics = metrics
         self._shards = shards
         self._rejects = rejects
-        self._drop_qos0 = config.pipeline.qos0_policy == "drop_oldest"
-        self._max_payload_bytes = config.limits.max_payload_bytes
-        self._kept_bytes = config.dead_letter.max_payload_bytes
         self._devices = devices
         self._max_devices = max_devices
         self._warned: set[str] = set()
+        self._left_out_before = 0  # values left out by decoders a reload replaced
+        self.reconfigure(config)
+        metrics.count_left_out(self._values_left_out)
+
+    def reconfigure(self, config: GatewayConfig, also: Sequence[SubscriptionConfig] = ()) -> None:
+        """Decoders, limits and policies from the next burst on (at start, and at a reload).
+        `also`: subscriptions being removed whose messages may still arrive until the broker's
+        UNSUBACK, decoded as before meanwhile."""
+        previous = getattr(self, "_decoders", None)
+        if previous is not None:
+            self._left_out_before += previous.values_left_out()
+        decoders = SubscriptionDecoders((*config.mqtt.subscriptions, *also), config.limits)
+        for warning in decoders.warnings:
+            log.warning("%s", warning)
+        self._decoders = decoders
+        self._decode = decoders.single or decoders
+        self._drop_qos0 = config.pipeline.qos0_policy == "drop_oldest"
+        self._max_payload_bytes = config.limits.max_payload_bytes
+        self._kept_bytes = config.dead_letter.max_payload_bytes
+
+    def _values_left_out(self) -> int:
+        return self._left_out_before + self._decoders.values_left_out()
 
     async def __call__(self, bursts: list[Inbound]) -> None:
         # Every burst is decoded and counted before the first wait for room: a message counted

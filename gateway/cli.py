@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from pydantic import ValidationError
 from gateway._version import __version__
 from gateway.app import Gateway
 from gateway.audit import main_audit
-from gateway.commands import main_compact, main_seal
+from gateway.commands import main_compact, main_reload, main_seal
 from gateway.config import (
     GatewayConfig,
     SubscriptionConfig,
@@ -29,9 +31,10 @@ from gateway.config import (
 from gateway.decode import SubscriptionDecoders
 from gateway.demo import main_demo
 from gateway.errors import ConfigError, DrainError, StartupError
+from gateway.hangups import PARENT_DEATH_SIGNAL, EarlyHangups
 from gateway.logs import setup_logging
 from gateway.subscriptions import FORMAT_NAMES
-from gateway.supervisor import Supervisor, detach_from_terminal
+from gateway.supervisor import Supervisor, WorkerMain, detach_from_terminal, worker_config
 
 log = logging.getLogger("gateway")
 
@@ -94,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("top", help="live view of a running gateway's metrics", add_help=False)
     sub.add_parser("compact", help="compact closed partitions to Parquet, once", add_help=False)
     sub.add_parser("seal", help="seal a running gateway's open segments now", add_help=False)
+    sub.add_parser(
+        "reload", help="make a running gateway re-read its config (as SIGHUP)", add_help=False
+    )
     sub.add_parser(
         "parse", help="show how a message would be read: its readings or rejection", add_help=False
     )
@@ -216,8 +222,10 @@ def masked_config(config: GatewayConfig) -> str:
     return json.dumps(shown, indent=2)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, early_hangups: EarlyHangups | None = None) -> int:
+    """The `gateway` command. `early_hangups` counted SIGHUPs before this ran (__main__)."""
     argv = sys.argv[1:] if argv is None else argv
+    early = early_hangups if early_hangups is not None else EarlyHangups()
     # These own their flags; hand them the rest of the command line.
     if argv[:1] == ["demo"]:
         return main_demo(argv[1:])
@@ -227,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_compact(argv[1:])
     if argv[:1] == ["seal"]:
         return main_seal(argv[1:])
+    if argv[:1] == ["reload"]:
+        return main_reload(argv[1:])
     if argv[:1] == ["parse"]:
         # Imported here: it uses this module's flags (and a cycle at import time is avoided).
         from gateway.parse import main_parse  # noqa: PLC0415
@@ -248,17 +258,29 @@ def main(argv: list[str] | None = None) -> int:
         print_problems(exc)
         return EXIT_CONFIG
     setup_logging(config.logging.level, config.logging.format)
+    load = functools.partial(resolve_config, args)  # a reload reads the same file and flags
     if args.processes > 1:
-        return run_supervised(config, args.processes)
-    return run_gateway(config)
+        worker_main = functools.partial(run_worker, args)
+        return run_supervised(config, args.processes, load, worker_main, early)
+    return run_gateway(config, load, early=early)
 
 
-def run_supervised(config: GatewayConfig, processes: int) -> int:
+def run_supervised(
+    config: GatewayConfig,
+    processes: int,
+    load: Callable[[], GatewayConfig],
+    worker_main: WorkerMain,
+    early: EarlyHangups,
+) -> int:
     async def serve() -> int:
-        supervisor = Supervisor(config, processes, run_worker)
+        supervisor = Supervisor(config, processes, worker_main, load)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, supervisor.stop)
+        # SIGHUP: read the config again and have every worker apply it.
+        loop.add_signal_handler(signal.SIGHUP, supervisor.request_reload)
+        if early.count:
+            supervisor.request_reload()
         return await supervisor.run()
 
     try:
@@ -268,11 +290,24 @@ def run_supervised(config: GatewayConfig, processes: int) -> int:
         return EXIT_FAILURE
 
 
-def run_worker(config: GatewayConfig, name: str) -> None:
-    """A worker process of `--processes N` (spawned: a fresh interpreter)."""
+def run_worker(args: argparse.Namespace, config: GatewayConfig, name: str, index: int) -> None:
+    """A worker process of `--processes N` (spawned: a fresh interpreter). A reload (asked by
+    the supervisor over HTTP) reads the same file and flags again, as worker `index`."""
+    early = EarlyHangups().install()
     detach_from_terminal()
     setup_logging(config.logging.level, config.logging.format, worker=name)
-    sys.exit(run_gateway(config))
+    load = functools.partial(_worker_config_again, args, index, config.http.port)
+    sys.exit(run_gateway(config, load, worker=name, early=early))
+
+
+def _worker_config_again(args: argparse.Namespace, index: int, port: int) -> GatewayConfig:
+    return worker_config(resolve_config(args), index, http_port=port)
+
+
+async def _reload_when_started(gateway: Gateway) -> object:
+    """A SIGHUP's reload, once the gateway runs (one during start-up waits for it)."""
+    await gateway.started.wait()
+    return await gateway.reload()
 
 
 def print_problems(exc: ConfigError) -> None:
@@ -299,12 +334,17 @@ def check_config(path: Path) -> int:
     return EXIT_OK
 
 
-def run_gateway(config: GatewayConfig) -> int:
+def run_gateway(
+    config: GatewayConfig,
+    load: Callable[[], GatewayConfig] | None = None,
+    worker: str = "",
+    early: EarlyHangups | None = None,
+) -> int:
     # What was loaded so far lives as long as the process: keep it out of every collection.
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
     try:
-        asyncio.run(_serve(config))
+        asyncio.run(_serve(config, load, worker, early or EarlyHangups()))
     except KeyboardInterrupt:
         log.warning("interrupted twice: stopped without draining; the broker redelivers")
         return EXIT_FAILURE
@@ -326,8 +366,15 @@ def run_gateway(config: GatewayConfig) -> int:
     return EXIT_OK
 
 
-async def _serve(config: GatewayConfig) -> None:
+async def _serve(
+    config: GatewayConfig,
+    load: Callable[[], GatewayConfig] | None,
+    worker: str,
+    early_hangups: EarlyHangups,
+) -> None:
     gateway = Gateway(config)  # raises ConfigError for a step that cannot be built
+    gateway.load_config = load
+    gateway.on_logging = lambda logs: setup_logging(logs.level, logs.format, worker=worker)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     signals = 0
@@ -344,18 +391,29 @@ async def _serve(config: GatewayConfig) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
 
-    hung_up = False
+    orphaned = False
 
-    def on_hangup() -> None:
+    def on_parent_death() -> None:
         # A worker's supervisor died (the parent-death signal; the kernel sends it again each
-        # time a thread of the dying supervisor ends) or the terminal hung up: drain, once.
-        nonlocal hung_up
-        if not hung_up:
-            hung_up = True
-            log.info("SIGHUP received: draining")
+        # time a thread of the dying supervisor ends): drain, once.
+        nonlocal orphaned
+        if not orphaned:
+            orphaned = True
+            log.info("the supervisor is gone: draining")
             gateway.stop()
 
+    loop.add_signal_handler(PARENT_DEATH_SIGNAL, on_parent_death)
+    reloads: set[asyncio.Task[object]] = set()
+
+    def on_hangup() -> None:
+        log.info("SIGHUP received: reloading the configuration")
+        task = loop.create_task(_reload_when_started(gateway), name="reload")
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
     loop.add_signal_handler(signal.SIGHUP, on_hangup)
+    if early_hangups.count:  # a SIGHUP came while the process was starting
+        on_hangup()
     try:
         await gateway.run()
     except asyncio.CancelledError:

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,45 @@ def post_seal(url: str, timeout_s: float = 60) -> dict[str, int]:
     with urllib.request.urlopen(request, timeout=timeout_s) as response:
         sealed = json.loads(response.read())["sealed"]
     return {str(sink): int(count) for sink, count in sealed.items()}
+
+
+def post_reload(url: str, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
+    """POST <url>/reload to a running gateway (or supervisor): (HTTP status, its answer)."""
+    request = urllib.request.Request(f"{url.rstrip('/')}/reload", method="POST", data=b"")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, dict(json.loads(response.read()))
+    except urllib.error.HTTPError as exc:  # refused (409) or failed (500): the body says why
+        body = exc.read()
+        try:
+            return exc.code, dict(json.loads(body))
+        except ValueError:
+            return exc.code, {"result": "failed", "message": body.decode(errors="replace")[:200]}
+
+
+def main_reload(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gateway reload",
+        description="Ask a running gateway to read its config file and environment again and "
+        "apply what changed (POST /reload; the same as SIGHUP). Exit 0 when applied or "
+        "unchanged, 1 when refused (the running config stays) or failed.",
+    )
+    parser.add_argument(
+        "--url", default="http://127.0.0.1:9108", help="the gateway's metrics address"
+    )
+    args = parser.parse_args(argv)
+    try:
+        status, outcome = post_reload(args.url)
+    except (OSError, ValueError) as exc:
+        print(f"gateway reload: {args.url}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    if status == 404:
+        print(
+            f"gateway reload: {args.url}: reloads over HTTP are off (http.reload)", file=sys.stderr
+        )
+        return EXIT_FAILURE
+    print(json.dumps(outcome, indent=2))
+    return EXIT_OK if outcome.get("result") in ("applied", "unchanged") else EXIT_FAILURE
 
 
 def main_seal(argv: list[str]) -> int:

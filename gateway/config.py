@@ -12,6 +12,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
@@ -73,6 +74,9 @@ class TlsConfig(_Part):
 
 class MqttSourceConfig(_Part):
     """Where telemetry comes from and how the broker session is kept."""
+
+    _password_read: str | None = PrivateAttr(default=None)
+    _password_problem: str | None = PrivateAttr(default=None)
 
     host: str = Field("127.0.0.1", description="Broker host.")
     port: int = Field(1883, ge=1, le=65535, description="Broker port.")
@@ -154,17 +158,28 @@ class MqttSourceConfig(_Part):
             raise ValueError("give password or password_file, not both")
         return self
 
-    def read_password(self) -> str | None:
-        """The broker password from the config/env or the password file."""
-        if self.password is not None:
-            return self.password.get_secret_value()
+    @model_validator(mode="after")
+    def _read_password_file(self) -> MqttSourceConfig:
+        # Read once, when the config is loaded (at start and at each reload): a secret rotated
+        # in the file is taken by a reload, which then sees the change and reconnects; a
+        # reconnect meanwhile keeps using the password the running config was loaded with.
         if self.password_file is not None:
             try:
                 text = self.password_file.read_text(encoding="utf-8")
             except OSError as exc:
-                raise ConfigError(f"mqtt.password_file: cannot read: {exc.strerror}") from exc
-            return text.splitlines()[0] if text else ""
-        return None
+                self._password_problem = f"mqtt.password_file: cannot read: {exc.strerror}"
+            else:
+                self._password_read = text.splitlines()[0] if text else ""
+        return self
+
+    def read_password(self) -> str | None:
+        """The broker password from the config/env, or as the password file held when this
+        config was loaded; ConfigError if that file could not be read."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        if self._password_problem is not None:
+            raise ConfigError(self._password_problem)
+        return self._password_read
 
 
 class LimitsConfig(_Part):
@@ -292,6 +307,12 @@ class HttpConfig(_Part):
 
     host: str = Field("127.0.0.1", description="Listen address.")
     port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
+    reload: bool = Field(
+        True,
+        description="Answer POST /reload (`gateway reload`): the config is read again from its "
+        "file and the environment, never from the request. Turn off where the port is reachable "
+        "by others who should not trigger reloads (SIGHUP still works).",
+    )
 
 
 class LoggingConfig(_Part):

@@ -25,12 +25,17 @@ class HttpServer:
         config: HttpConfig,
         registry: CollectorRegistry,
         checks: Checks,
+        *,
         before_metrics: Callable[[], Awaitable[None]] | None = None,
         seal: Callable[[], Awaitable[dict[str, int]]] | None = None,
+        reload: Callable[[], Awaitable[dict[str, object]]] | None = None,
+        about: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """`before_metrics` runs before each /metrics answer (the supervisor fetches its
         workers' metrics then, so the merged view is current). `seal`, when given, answers
-        POST /seal: it takes no input, so nothing from the request reaches a file."""
+        POST /seal: it takes no input, so nothing from the request reaches a file. `reload`
+        answers POST /reload (when http.reload is on): the config is read again from where it
+        came from, never from the request. `about` adds to /readyz's body (the config hash)."""
         self._config = config
         self._checks = checks
         self._before_metrics = before_metrics
@@ -42,6 +47,10 @@ class HttpServer:
         self._seal = seal
         if seal is not None:
             self._app.router.add_post("/seal", self._seal_handler)
+        self._reload = reload if config.reload else None
+        if self._reload is not None:
+            self._app.router.add_post("/reload", self._reload_handler)
+        self._about = about
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
         self.port: int | None = None
 
@@ -79,10 +88,17 @@ class HttpServer:
     async def _readyz(self, _request: web.Request) -> web.Response:
         checks = self._checks()
         ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if self._about is not None:
+            body.update(self._about())
+        return web.json_response(body, status=200 if ready else 503)
+
+    async def _reload_handler(self, _request: web.Request) -> web.Response:
+        assert self._reload is not None
+        outcome = await self._reload()
+        # 200 applied or unchanged, 409 refused (nothing changed), 500 failed (partly applied).
+        status = {"applied": 200, "unchanged": 200, "refused": 409}.get(str(outcome["result"]), 500)
+        return web.json_response(outcome, status=status)
 
     async def _seal_handler(self, _request: web.Request) -> web.Response:
         assert self._seal is not None

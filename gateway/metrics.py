@@ -185,6 +185,18 @@ class GatewayMetrics:
             "1 while subscribed but silent past stall_timeout_s.",
             registry=r,
         )
+        reloads = Counter(
+            "gateway_config_reloads",
+            "Config reloads (SIGHUP, gateway reload), by result: applied, unchanged, refused "
+            "(the running config stays), failed (applied; the broker refused part of it).",
+            ["result"],
+            registry=r,
+        )
+        self.config_reloads = {
+            result: reloads.labels(result)
+            for result in ("applied", "unchanged", "refused", "failed")
+        }
+        self._config_info = Info("gateway_config", "The loaded config's fingerprint.", registry=r)
         self.devices_seen = Gauge(
             "gateway_devices_seen", "Distinct device ids seen since start.", registry=r
         )
@@ -203,6 +215,10 @@ class GatewayMetrics:
     def export_sensor_values(self, values: SensorValues) -> None:
         """Expose gateway_sensor_value and its bookkeeping, read from `values` at scrape time."""
         self.registry.register(SensorValuesCollector(values))
+
+    def config_loaded(self, fingerprint: str) -> None:
+        """gateway_config_info{hash}: which config runs (replaced at each reload)."""
+        self._config_info.info({"hash": fingerprint})
 
     def sample(self, name: str, **labels: str) -> float:
         """The current value of one sample (0 when it does not exist yet), read through the

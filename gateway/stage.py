@@ -41,16 +41,20 @@ class Stage:
         store: Channel[Reading],
         rejects: Channel[Rejection],
     ) -> None:
-        self._transforms = tuple(transforms)
-        self._drop_reasons: tuple[DropReason, ...] = tuple(
-            _drop_reason(transform) for transform in self._transforms
-        )
-        self._timeout_s = timeout_s
+        self.reconfigure(transforms, timeout_s)
         self._metrics = metrics
         self._inbox = inbox
         self._store = store
         self._rejects = rejects
         self._warned: set[str] = set()
+
+    def reconfigure(self, transforms: Sequence[Transform], timeout_s: float) -> None:
+        """The steps and the deadline, from the next envelope on (at start, and at a reload)."""
+        self._transforms = tuple(transforms)
+        self._drop_reasons: tuple[DropReason, ...] = tuple(
+            _drop_reason(transform) for transform in self._transforms
+        )
+        self._timeout_s = timeout_s
 
     async def run(self) -> None:
         """Process until the inbox is drained."""
@@ -68,6 +72,7 @@ class Stage:
                 continue
             for envelope in batch:
                 started = time.perf_counter()
+                # One envelope, one set of steps: a reload swaps them between envelopes only.
                 kept, rejected = await self._apply(envelope.body, started + self._timeout_s)
                 readings = len(envelope.body)
                 observe((time.perf_counter() - started) / readings, readings)
@@ -78,7 +83,9 @@ class Stage:
     ) -> tuple[list[Reading], list[tuple[Reading, RejectReason, str]]]:
         """Run every step over `readings`: (kept, rejected with reason and detail)."""
         rejected: list[tuple[Reading, RejectReason, str]] = []
-        for index, transform in enumerate(self._transforms):
+        # Taken once: a reload during an awaited step changes the next envelope's steps only.
+        transforms, drop_reasons = self._transforms, self._drop_reasons
+        for index, transform in enumerate(transforms):
             if not readings:
                 break
             if time.perf_counter() > deadline:
@@ -91,7 +98,7 @@ class Stage:
                 rejected.extend((reading, "timeout", detail) for reading in readings)
                 return [], rejected
             if verdict.dropped:
-                self._metrics.dropped[self._drop_reasons[index]].inc(verdict.dropped)
+                self._metrics.dropped[drop_reasons[index]].inc(verdict.dropped)
                 self._metrics.in_flight.dec(verdict.dropped)
             rejected.extend(verdict.rejected)
             readings = verdict.kept

@@ -6,10 +6,11 @@ splits the messages between them — the same mechanism that spreads load over m
 clustered broker. The supervisor restarts a worker that dies, forwards SIGTERM (each worker
 drains), and serves one /metrics that sums the workers', plus /healthz and /readyz.
 
-Workers never outlive it: each asks for SIGHUP when the supervisor dies, however it dies (the
+Workers never outlive it: each asks for SIGUSR2 when the supervisor dies, however it dies (the
 parent-death signal), and then drains as on SIGTERM. Not SIGTERM itself: the kernel sends the
 signal again each time a thread of the dying supervisor ends, and a second SIGTERM means "stop
-now, without draining". The supervisor holds the data
+now, without draining"; not SIGHUP, which reloads. SIGHUP to the supervisor (or POST /reload)
+reads the config again, checks it once and has every worker apply it. The supervisor holds the data
 directory's lock for the base client id, as a gateway with that id would, and before it starts
 a worker it checks that no process (a worker of an earlier run, still draining) holds that
 worker's client id: it says so and waits, rather than start a twin that would fight it for the
@@ -32,11 +33,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 
-from gateway.commands import post_seal
+from gateway.commands import post_reload, post_seal
 from gateway.config import GatewayConfig
+from gateway.errors import ConfigError
+from gateway.hangups import PARENT_DEATH_SIGNAL
 from gateway.http import HttpServer
 from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
 from gateway.parent_death import die_with_parent
+from gateway.reload import config_hash, plan_reload
 from gateway.sinks.claim import claim_data_dir, lock_holder
 
 log = logging.getLogger(__name__)
@@ -49,7 +53,8 @@ HEALTHY_AFTER_S = 60.0
 # A stopping worker has shutdown_grace_s to drain, and this much more to seal and disconnect.
 STOP_MARGIN_S = 15.0
 
-WorkerMain = Callable[[GatewayConfig, str], None]
+# (the worker's config, its name, its index) -> never returns (the worker process's life).
+WorkerMain = Callable[[GatewayConfig, str, int], None]
 
 
 def _free_port(host: str) -> int:
@@ -58,8 +63,9 @@ def _free_port(host: str) -> int:
         return int(sock.getsockname()[1])
 
 
-def worker_config(config: GatewayConfig, index: int) -> GatewayConfig:
-    """Worker `index`'s config: its own client id and metrics port, the filters shared."""
+def worker_config(config: GatewayConfig, index: int, http_port: int | None = None) -> GatewayConfig:
+    """Worker `index`'s config: its own client id and metrics port (`http_port`, or a free
+    one), the filters shared."""
     base = config.mqtt.client_id
     subs = tuple(
         s.model_copy(
@@ -74,7 +80,9 @@ def worker_config(config: GatewayConfig, index: int) -> GatewayConfig:
         for s in config.mqtt.subscriptions
     )
     mqtt = config.mqtt.model_copy(update={"client_id": f"{base}-w{index}", "subscriptions": subs})
-    http = config.http.model_copy(update={"host": "127.0.0.1", "port": _free_port("127.0.0.1")})
+    port = http_port if http_port is not None else _free_port("127.0.0.1")
+    # Reloads reach a worker from its supervisor, over this loopback port.
+    http = config.http.model_copy(update={"host": "127.0.0.1", "port": port, "reload": True})
     # One worker compacts and measures the shared data directory: the merged /metrics sums the
     # workers' gauges, so the others export zeros instead of the same sizes again.
     compaction = config.compaction.model_copy(
@@ -93,6 +101,7 @@ class _Worker:
     restart_at: float | None = None
     ready: bool = False
     url: str = field(default="")
+    refused: str | None = None  # why the last reload was refused or failed in this worker
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -108,9 +117,18 @@ def _get(url: str) -> tuple[int, str]:
 class Supervisor:
     """Starts, watches and stops the workers; serves their merged metrics."""
 
-    def __init__(self, config: GatewayConfig, processes: int, worker_main: WorkerMain) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        processes: int,
+        worker_main: WorkerMain,
+        load: Callable[[], GatewayConfig] | None = None,
+    ) -> None:
+        """`load` reads the config again for a reload (SIGHUP, POST /reload)."""
         self._config = config
         self._main = worker_main
+        self._load = load
+        self._reloads: set[asyncio.Task[object]] = set()
         self._context = multiprocessing.get_context("spawn")
         self._workers = [_Worker(k, worker_config(config, k)) for k in range(processes)]
         self._merged = MergedWorkers()
@@ -118,12 +136,79 @@ class Supervisor:
         self.registry.register(self._merged)
         self._metrics = SupervisorMetrics(self.registry, processes)
         self._http = HttpServer(
-            config.http, self.registry, self.checks, self._refresh_metrics, seal=self._seal
+            config.http,
+            self.registry,
+            self.checks,
+            before_metrics=self._refresh_metrics,
+            seal=self._seal,
+            reload=self.reload,
+            about=self._about,
         )
         self._stop = asyncio.Event()
 
     def checks(self) -> dict[str, bool]:
-        return {f"worker_{w.index}_ready": w.ready for w in self._workers}
+        checks = {f"worker_{w.index}_ready": w.ready for w in self._workers}
+        # A worker that refused the last reload runs another config than its siblings.
+        checks.update({f"worker_{w.index}_config": w.refused is None for w in self._workers})
+        return checks
+
+    def _about(self) -> dict[str, object]:
+        refused = {f"worker_{w.index}": w.refused for w in self._workers if w.refused}
+        return {"config_hash": config_hash(self._config), "reload_refused": refused}
+
+    # -- reloads -------------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload in the background (the signal handler must not wait)."""
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._reloads.add(task)
+        task.add_done_callback(self._reloads.discard)
+
+    async def reload(self) -> dict[str, object]:
+        """Read the config again, check it once, and have every running worker apply it (each
+        reads the same file and flags itself, as its own worker). A worker that refuses is
+        named in /readyz until a later reload succeeds there."""
+        if self._load is None:
+            return {"result": "refused", "message": "nothing to reload from"}
+        try:
+            new = self._load()
+        except ConfigError as exc:
+            return self._reloaded("refused", "; ".join(exc.problems))
+        plan = plan_reload(self._config, new)
+        if plan.restart:
+            why = "; ".join(f"{path}: {reason}" for path, reason in plan.restart.items())
+            return self._reloaded("refused", f"needs a restart ({why})")
+        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        answers = await asyncio.gather(
+            *(asyncio.to_thread(post_reload, w.url) for w in running), return_exceptions=True
+        )
+        results: dict[str, object] = {}
+        for worker, answer in zip(running, answers, strict=True):
+            if isinstance(answer, BaseException):
+                worker.refused = f"no answer: {answer}"
+            else:
+                _, outcome = answer
+                ok = outcome.get("result") in ("applied", "unchanged")
+                worker.refused = None if ok else str(outcome.get("message"))
+            results[f"worker_{worker.index}"] = worker.refused or "ok"
+        self._config = new  # restarted workers start with it
+        failed = [w for w in running if w.refused]
+        if failed:
+            message = "; ".join(f"worker {w.index}: {w.refused}" for w in failed)
+            return self._reloaded("failed", message, results)
+        return self._reloaded("applied", "every worker applied it", results)
+
+    def _reloaded(
+        self, result: str, message: str, workers: dict[str, object] | None = None
+    ) -> dict[str, object]:
+        level = logging.INFO if result == "applied" else logging.WARNING
+        log.log(level, "reload %s: %s", result, message)
+        return {
+            "result": result,
+            "message": message,
+            "workers": workers or {},
+            "config_hash": config_hash(self._config),
+        }
 
     def stop(self) -> None:
         self._stop.set()
@@ -198,13 +283,14 @@ class Supervisor:
     def _start(self, worker: _Worker) -> None:
         if worker.process is not None:  # a restart: a new port, in case the old one is taken
             worker.config = worker_config(self._config, worker.index)
+            worker.refused = None
         http = worker.config.http
         worker.url = f"http://{http.host}:{http.port}"
         # Started from the event loop's (main) thread: the parent-death signal follows the
         # thread that started the child, and this one lives as long as the supervisor.
         worker.process = self._context.Process(
             target=_worker_main,
-            args=(self._main, worker.config, f"w{worker.index}", os.getpid()),
+            args=(self._main, worker.config, f"w{worker.index}", worker.index, os.getpid()),
             name=f"gateway-w{worker.index}",
         )
         worker.process.start()
@@ -280,12 +366,14 @@ class Supervisor:
         return 0 if all(code == 0 for code in codes) else 1
 
 
-def _worker_main(main: WorkerMain, config: GatewayConfig, name: str, supervisor_pid: int) -> None:
-    """A worker's first steps: SIGHUP when the supervisor dies, then the gateway (which drains
-    on SIGHUP, however often it comes: see cli._serve)."""
-    if not die_with_parent(supervisor_pid, signal.SIGHUP):
+def _worker_main(
+    main: WorkerMain, config: GatewayConfig, name: str, index: int, supervisor_pid: int
+) -> None:
+    """A worker's first steps: PARENT_DEATH_SIGNAL when the supervisor dies, then the gateway
+    (which drains on it, however often it comes: see cli._serve)."""
+    if not die_with_parent(supervisor_pid, PARENT_DEATH_SIGNAL):
         log.warning("worker %s: no parent-death signal here; it may outlive its supervisor", name)
-    main(config, name)
+    main(config, name, index)
 
 
 def detach_from_terminal() -> None:

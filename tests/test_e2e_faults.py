@@ -12,7 +12,6 @@ import itertools
 import json
 import os
 import re
-import signal
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
 from gateway.errors import DrainError
+from gateway.hangups import PARENT_DEATH_SIGNAL
 from gateway.sinks.lines import hour_partition
 from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
@@ -319,19 +319,19 @@ async def test_sigterm_mid_stream_drains_seals_exits_0_and_leaves_the_rest_at_th
     assert duplicates == 0, f"a clean stop redelivered stored readings: {summary}"
 
 
-async def test_sighup_drains_once_however_often_it_comes(
+async def test_the_parent_death_signal_drains_once_however_often_it_comes(
     gateway_process: GatewayProcess,
 ) -> None:
-    """SIGHUP is what a worker gets when its supervisor dies (the parent-death signal), once
-    per thread of the dying supervisor: the first drains, the rest must not cut the drain."""
+    """PARENT_DEATH_SIGNAL is what a worker gets when its supervisor dies, once per thread of
+    the dying supervisor: the first drains, the rest must not cut the drain."""
     gw = gateway_process
     gw.start()
     await gw.ready()
     assert gw.proc is not None
     for _ in range(3):
-        gw.proc.send_signal(signal.SIGHUP)
+        gw.proc.send_signal(PARENT_DEATH_SIGNAL)
     assert await gw.exited() == 0, gw.log[-3000:]
-    assert gw.log.count("SIGHUP received: draining") == 1
+    assert gw.log.count("the supervisor is gone: draining") == 1
     assert "stopped cleanly" in gw.log
 
 

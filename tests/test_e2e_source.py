@@ -49,8 +49,14 @@ async def test_readings_published_while_the_gateway_is_down_arrive_when_it_is_ba
     # The gateway is gone; its persistent session keeps collecting QoS 1 messages.
     later = [(topic(prefix, f"dev-{d:04d}"), payload(f"dev-{d:04d}", 100 + d)) for d in range(10)]
     await publish(broker.host, broker.port, later)
+    data_dir = config.files.data_dir
     async with running(Gateway(config)) as gateway:
-        await eventually(lambda: written(gateway) == 10, message="the queued ten arrive")
+        await eventually(
+            lambda: {100 + d for d in range(10)}
+            <= {row["seq"] for row in read_lines(data_dir, include_open=True)},
+            message=f"the queued ten arrive (written: {written(gateway)})",
+        )
+        assert written(gateway) == 10, "only the ten queued while it was down"
     seqs = Counter(row["seq"] for row in read_lines(config.files.data_dir))
     assert all(seqs[100 + d] == 1 for d in range(10))
     assert sum(seqs.values()) == 60

@@ -117,6 +117,19 @@ class Maintenance:
         metrics.max_bytes["files"].set(retention.max_bytes)
         metrics.max_bytes["dead_letter"].set(retention.dead_letter_max_bytes)
 
+    def reconfigure(
+        self,
+        compaction: CompactionConfig,
+        retention: RetentionConfig,
+        logging_config: LoggingConfig,
+    ) -> None:
+        """Settings from the next pass on (a reload)."""
+        self._compaction = compaction
+        self._retention = retention
+        self._logging = logging_config
+        self._metrics.max_bytes["files"].set(retention.max_bytes)
+        self._metrics.max_bytes["dead_letter"].set(retention.dead_letter_max_bytes)
+
     # -- one process: `gateway compact` ---------------------------------------------------
 
     def run_pass(

@@ -51,6 +51,15 @@ class DeadLetterSink:
         """Seal segments a crash left open (call before run)."""
         await self._store.recover()
 
+    def reconfigure(self, config: DeadLetterConfig, files: FilesConfig) -> None:
+        """Record, rotation, fsync and retry settings from now on (a reload)."""
+        self._max_payload_bytes = config.max_payload_bytes
+        self._store.reconfigure(files)
+
+    async def rename(self, client_id: str) -> None:
+        """Seal everything; later segments are named after `client_id` (a reload changed it)."""
+        await self._store.rename(client_id)
+
     async def seal_now(self) -> int:
         """Seal every open segment now (while run() runs); returns how many were open."""
         return await self._store.seal_now()

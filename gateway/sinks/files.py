@@ -45,6 +45,14 @@ class FileSink:
         """Seal segments a crash left open (call before run)."""
         await self._store.recover()
 
+    def reconfigure(self, config: FilesConfig) -> None:
+        """Rotation, fsync, batch and retry settings from now on (a reload)."""
+        self._store.reconfigure(config)
+
+    async def rename(self, client_id: str) -> None:
+        """Seal everything; later segments are named after `client_id` (a reload changed it)."""
+        await self._store.rename(client_id)
+
     async def seal_now(self) -> int:
         """Seal every open segment now (while run() runs); returns how many were open."""
         return await self._store.seal_now()

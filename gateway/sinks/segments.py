@@ -60,6 +60,8 @@ class SegmentStore:
         self._next_seq: int | None = None
         # `seal_now()` callers, answered by the run loop (the only task that touches segments).
         self._seal_requests: list[asyncio.Future[int]] = []
+        # A new client id for the segments (a reload changed it), applied by the run loop too.
+        self._rename: tuple[str, asyncio.Future[None]] | None = None
         self._closed = False
 
     @property
@@ -101,6 +103,8 @@ class SegmentStore:
             await self.tick()
             if self._seal_requests:
                 await self._seal_requested()
+            if self._rename is not None:
+                await self._renamed()
         await self._seal_requested()  # close() seals everything; tell whoever asked meanwhile
         self._closed = True
 
@@ -115,6 +119,35 @@ class SegmentStore:
         request = asyncio.get_running_loop().create_future()
         self._seal_requests.append(request)
         return await request
+
+    def reconfigure(self, config: FilesConfig) -> None:
+        """Rotation, fsync, batch and retry settings from now on (a reload). The root never
+        changes while running."""
+        self._config = config
+        self._retry.reconfigure(config)
+
+    async def rename(self, client_id: str) -> None:
+        """Seal every open segment and name later ones after `client_id` (a reload changed the
+        client id; its lock is the caller's), recovering what that id may have left first."""
+        if self._closed:
+            self._client_id = client_id
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._rename = (client_id, done)
+        await done
+
+    async def _renamed(self) -> None:
+        assert self._rename is not None
+        (client_id, done), self._rename = self._rename, None
+        try:
+            await self.close()
+            self._client_id = client_id
+            await self.recover()
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc)
+            raise
+        done.set_result(None)
 
     async def _seal_requested(self) -> None:
         sealed = len(self._open)

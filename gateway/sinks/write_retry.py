@@ -50,6 +50,10 @@ class WriteRetry:
         self._failures = 0
         self._warned: WriteErrorReason | None = None
 
+    def reconfigure(self, config: FilesConfig) -> None:
+        """Retry delays from the next failure on (a reload)."""
+        self._config = config
+
     @property
     def writable(self) -> bool:
         """False from a failed write until the next successful one."""

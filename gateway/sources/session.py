@@ -11,10 +11,12 @@ arrival order once the pipeline says they are stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from tenacity import (
     AsyncRetrying,
@@ -29,7 +31,7 @@ from gateway.errors import BrokerError, MqttProtocol
 from gateway.metrics import GatewayMetrics
 from gateway.model import Ack, Inbound
 from gateway.sources.acks import AckWindow
-from gateway.sources.wire import ConnectOptions, Wire
+from gateway.sources.wire import ConnectOptions, SubscribeOutcome, Wire
 from gateway.sources.wire_v5 import connect_v5
 from gateway.sources.wire_v311 import connect_v311
 
@@ -61,6 +63,8 @@ class _Connection:
     def _send_pubacks(self, packet_ids: list[int]) -> None:
         if self.wire is not None:
             self.wire.send_pubacks(packet_ids)
+        if not self.window:
+            self.source.wake()  # a drain before a reconnect waits for this
 
     def deliver(  # noqa: PLR0917 - called positionally, once per read of the socket
         self,
@@ -73,6 +77,20 @@ class _Connection:
     ) -> None:
         ack = Ack(self.window.track(packet_ids))
         self.source.take(Inbound(topics, payloads, qos, ack, nbytes), redelivered)
+
+
+@dataclass
+class _NextSession:
+    """A new session asked for by a reload: drain, disconnect, then connect with `config`."""
+
+    config: MqttSourceConfig
+    before_connect: Callable[[], Awaitable[None]] | None
+    drain_timeout_s: float
+    outcome: asyncio.Future[None]
+
+
+# What _session returns when it ended for a reload's new session (not an error).
+_RECONFIGURED = object()
 
 
 class _Reporter:
@@ -98,8 +116,24 @@ class _Reporter:
 class MqttSource:
     """Receives messages from one broker and hands them on in bursts, acking only when told."""
 
-    def __init__(self, config: MqttSourceConfig, metrics: GatewayMetrics, handler: Handler) -> None:
+    def __init__(
+        self,
+        config: MqttSourceConfig,
+        metrics: GatewayMetrics,
+        handler: Handler,
+        remembered: Sequence[str] = (),
+        remember: Callable[[list[str]], Awaitable[None]] | None = None,
+    ) -> None:
+        """`remembered`: the filters an earlier run subscribed to (the broker may still hold
+        them in our persistent session); those no longer configured are unsubscribed at the
+        next connect. `remember` is told the filters each time the broker granted them."""
         self._config = config
+        self._remembered = set(remembered)
+        self._remember = remember
+        # A reload that needs a new session: (its config, what to run before connecting, who
+        # waits for the outcome).
+        self._next: _NextSession | None = None
+        self._awaiting: asyncio.Future[None] | None = None
         self._metrics = metrics
         self._handler = handler
         self._conn: _Connection | None = None
@@ -145,6 +179,105 @@ class MqttSource:
         conn = self._conn
         return len(conn.window) if conn is not None else 0
 
+    def wake(self) -> None:
+        self._wake.set()
+
+    # -- live changes (a reload) ---------------------------------------------------------------
+
+    def reconfigure(self, config: MqttSourceConfig) -> None:
+        """Settings that need no new session and no (un)subscribe: intake bounds, stall
+        watchdog, backoff and timeouts, from now on."""
+        self._config = config
+
+    async def resubscribe(self, config: MqttSourceConfig) -> list[str]:
+        """Subscribe to the filters `config` adds and unsubscribe from those it removes, on the
+        live session (no reconnect); returns what changed, in words. Without a session, the next
+        one subscribes as configured. BrokerError when the broker refuses a new filter: the
+        session then ends (and is retried, not ready), as it would at connect."""
+        old = {s.effective_filter: s.qos for s in self._config.subscriptions}
+        new = {s.effective_filter: s.qos for s in config.subscriptions}
+        added = [(f, qos) for f, qos in new.items() if old.get(f) != qos]
+        removed = [f for f in old if f not in new]
+        self._config = config
+        conn = self._conn
+        if conn is None or conn.wire is None or not self._subscribed:
+            return []
+        wire = conn.wire
+        done: list[str] = []
+        if added:
+            outcomes = await self._answer(wire.subscribe(added), "SUBACK")
+            refused = [o for o in outcomes if o.failure is not None]
+            if refused:
+                names = "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused)
+                wire.abort()  # the session ends; the reconnect finds the refusal again
+                raise BrokerError("subscribe_refused", f"the broker refused subscriptions {names}")
+            done += [f"subscribed to {f!r}" for f, _ in added]
+        if removed:
+            outcomes = await self._answer(wire.unsubscribe(removed), "UNSUBACK")
+            for outcome in outcomes:
+                if outcome.failure is not None:
+                    log.warning(
+                        "could not unsubscribe %r: %s", outcome.topic_filter, outcome.failure
+                    )
+            done += [f"unsubscribed from {f!r}" for f in removed]
+        await self._note_subscribed(list(new))
+        return done
+
+    async def reconnect(
+        self,
+        config: MqttSourceConfig,
+        drain_timeout_s: float,
+        before_connect: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """A new session with `config` (broker, credentials, client id, protocol...): stop
+        reading, let what was received be stored and acked (at most `drain_timeout_s`; what is
+        still unacked then is redelivered), disconnect cleanly, run `before_connect`, connect.
+        Returns once the new session's CONNACK is in; BrokerError if that attempt failed (the
+        session keeps retrying with backoff)."""
+        outcome: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._next = _NextSession(config, before_connect, drain_timeout_s, outcome)
+        if self._conn is None:  # not connected: the next attempt uses the new config at once
+            self._take_next()
+        self._wake.set()
+        await outcome
+
+    def _take_next(self) -> _NextSession | None:
+        """Switch to the requested session's config (before its first connect)."""
+        upcoming, self._next = self._next, None
+        if upcoming is not None:
+            if upcoming.config.protocol != self._config.protocol:
+                protocol = upcoming.config.protocol
+                self._protocol = None if protocol == "auto" else protocol
+            self._config = upcoming.config
+            self._tls = _tls_context(upcoming.config) if upcoming.config.tls.enabled else None
+        return upcoming
+
+    async def _answer(
+        self, waiter: asyncio.Future[list[SubscribeOutcome]], what: str
+    ) -> list[SubscribeOutcome]:
+        """The broker's answer to a (UN)SUBSCRIBE sent on the live session. A backlog may hold
+        it back: only silence counts against subscribe_timeout_s."""
+        sent_at = time.monotonic()
+        while not waiter.done():
+            quiet = time.monotonic() - max(sent_at, self._last_message_at)
+            if quiet > self._config.subscribe_timeout_s:
+                waiter.cancel()
+                raise BrokerError("suback_timeout", f"no {what} within the subscribe timeout")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await asyncio.shield(waiter)
+        if waiter.cancelled():
+            raise BrokerError("connection_lost", f"the session ended before the {what}")
+        return waiter.result()
+
+    async def _note_subscribed(self, filters: list[str]) -> None:
+        self._remembered = set(filters)
+        if self._remember is not None:
+            try:
+                await self._remember(filters)
+            except OSError as exc:
+                log.warning("could not remember the subscriptions (%s): %s", filters, exc)
+
     # -- the intake ----------------------------------------------------------------------------
 
     def take(self, burst: Inbound, redelivered: int) -> None:
@@ -174,7 +307,12 @@ class MqttSource:
 
     def _resume(self) -> None:
         conn = self._conn
-        if conn is not None and conn.wire is not None and not self._stop_reading.is_set():
+        if (
+            conn is not None
+            and conn.wire is not None
+            and not self._stop_reading.is_set()
+            and self._next is None  # draining for a reload's new session
+        ):
             conn.wire.resume_reading()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -259,6 +397,10 @@ class MqttSource:
             self._drop(conn)
         if error is None:
             return
+        if error is _RECONFIGURED:
+            await self._start_next()
+            return
+        assert isinstance(error, BrokerError)
         self._count(error)
         lasted = time.monotonic() - started
         if lasted >= STABLE_SESSION_S and error.reason != "session_taken_over":
@@ -266,6 +408,30 @@ class MqttSource:
             self._reporter.forget()
             return
         raise error
+
+    async def _start_next(self) -> None:
+        """Between the old session and a reload's new one: switch configs, run its hook."""
+        upcoming = self._take_next()
+        if upcoming is None:
+            return
+        log.info("reconnecting with the reloaded settings")
+        if upcoming.before_connect is not None:
+            try:
+                await upcoming.before_connect()
+            except Exception as exc:
+                if not upcoming.outcome.done():
+                    upcoming.outcome.set_exception(exc)
+                raise
+        self._awaiting = upcoming.outcome
+
+    def _settle_awaiting(self, error: BaseException | None) -> None:
+        """The first connect after a reload's new session: tell the reload how it went."""
+        waiter, self._awaiting = self._awaiting, None
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
 
     def _count(self, error: BrokerError) -> None:
         counter = self._metrics.mqtt_connection_failures.get(error.reason)
@@ -299,6 +465,7 @@ class MqttSource:
         except BrokerError as error:
             self._count(error)
             self._drop(conn)
+            self._settle_awaiting(error)
             raise
         except BaseException:
             self._drop(conn)
@@ -317,6 +484,7 @@ class MqttSource:
                 cfg.client_id,
             )
         self._connected_before = True
+        self._settle_awaiting(None)
         log.info(
             "connected to %s:%d as %r (MQTT %s, session %s), subscribing to %s",
             cfg.host,
@@ -369,17 +537,26 @@ class MqttSource:
 
     # -- the session -----------------------------------------------------------------------
 
-    async def _session(self, conn: _Connection) -> BrokerError | None:
-        """Hand on what arrives until the connection ends (its error) or we stop (None)."""
+    async def _session(self, conn: _Connection) -> BrokerError | object | None:
+        """Hand on what arrives until the connection ends (its error), we stop (None), or a
+        reload asked for a new session (_RECONFIGURED, once drained)."""
         wire = conn.wire
         assert wire is not None
         cfg = self._config
         wake = self._wake
         filters = [(s.effective_filter, s.qos) for s in cfg.subscriptions]
+        # Subscribed every time, session present or not (a config may have changed meanwhile),
+        # and what an earlier run subscribed to but is no longer configured is unsubscribed:
+        # else a resumed session would keep delivering it.
+        stale = sorted(self._remembered - {f for f, _ in filters})
+        if stale:
+            unsuback = wire.unsubscribe(stale)
+            unsuback.add_done_callback(lambda done: _log_unsubscribed(stale, done))
         suback: asyncio.Future[object] | None = wire.subscribe(filters)  # type: ignore[assignment]
         subscribe_sent_at = time.monotonic()
         suback.add_done_callback(lambda _: wake.set())
         wire.closed.add_done_callback(lambda _: wake.set())
+        draining_since: float | None = None
         self._last_message_at = time.monotonic()
         if wire.session_present:
             self._mark_subscribed()  # the session holds our subscriptions already
@@ -388,6 +565,7 @@ class MqttSource:
                 if suback.done():
                     if not suback.cancelled():
                         self._check_suback(suback.result())  # type: ignore[arg-type]
+                        await self._note_subscribed([f for f, _ in filters])
                     suback = None
                 elif time.monotonic() - max(subscribe_sent_at, self._last_message_at) > (
                     cfg.subscribe_timeout_s
@@ -406,6 +584,22 @@ class MqttSource:
                 self._resume()
                 await self._handler(bursts)
                 continue
+            if self._next is not None and not wire.closed.done():
+                # A reload wants a new session: stop reading, let everything received be
+                # stored and acked, then end this one cleanly.
+                if draining_since is None:
+                    draining_since = time.monotonic()
+                    wire.pause_reading()
+                    log.info("draining before reconnecting: %d unacked", len(conn.window))
+                overdue = time.monotonic() - draining_since > self._next.drain_timeout_s
+                if not conn.window or overdue:
+                    if conn.window:
+                        log.warning(
+                            "reconnecting with %d unacked; the broker redelivers them",
+                            len(conn.window),
+                        )
+                    await wire.disconnect()
+                    return _RECONFIGURED
             if self._stop_reading.is_set():
                 self._reading_stopped.set()
                 # Stay connected, so acks of what we handed on can still go out, until close().
@@ -461,6 +655,19 @@ class MqttSource:
             self._metrics.mqtt_stalls.inc()
             self._metrics.mqtt_stalled.set(1)
             log.warning("no message for %.0fs while subscribed: stalled (not ready)", silent)
+
+
+def _log_unsubscribed(filters: list[str], done: asyncio.Future[list[SubscribeOutcome]]) -> None:
+    if done.cancelled() or done.exception() is not None:
+        return
+    refused = [o for o in done.result() if o.failure is not None]
+    if refused:
+        log.warning(
+            "could not unsubscribe %s",
+            "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused),
+        )
+    else:
+        log.info("unsubscribed from %s (no longer configured)", ", ".join(filters))
 
 
 def _tls_context(config: MqttSourceConfig) -> ssl.SSLContext:

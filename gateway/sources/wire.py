@@ -109,6 +109,10 @@ class Wire(Protocol):
     ) -> asyncio.Future[list[SubscribeOutcome]]:
         """Send one SUBSCRIBE; the future holds the SUBACK's outcome per filter, in order."""
 
+    def unsubscribe(self, filters: Sequence[str]) -> asyncio.Future[list[SubscribeOutcome]]:
+        """Send one UNSUBSCRIBE; the future holds the UNSUBACK's outcome per filter (a failure
+        names the broker's reason; success otherwise)."""
+
     def send_pubacks(self, packet_ids: list[int]) -> None:
         """Acknowledge QoS 1 messages (in arrival order), in as few writes as possible."""
 

@@ -88,6 +88,7 @@ class V311Wire(WireState):
                 client.tls_insecure_set(True)
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         client.on_disconnect = self._on_disconnect
         client.on_socket_open = self._on_socket_open
@@ -102,13 +103,23 @@ class V311Wire(WireState):
         self, filters: Sequence[tuple[str, int]]
     ) -> asyncio.Future[list[SubscribeOutcome]]:
         rc, mid = self.client.subscribe(list(filters))
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
-            failed: asyncio.Future[list[SubscribeOutcome]] = self._loop.create_future()
-            failed.set_exception(
-                BrokerError("connection_lost", f"cannot subscribe: {paho.error_string(rc)}")
-            )
-            return failed
-        return self._await_suback(mid, filters)
+        return self._sent(rc, mid, filters, "subscribe")
+
+    def unsubscribe(self, filters: Sequence[str]) -> asyncio.Future[list[SubscribeOutcome]]:
+        rc, mid = self.client.unsubscribe(list(filters))
+        return self._sent(rc, mid, [(f, 0) for f in filters], "unsubscribe")
+
+    def _sent(
+        self, rc: MQTTErrorCode, mid: int | None, filters: Sequence[tuple[str, int]], what: str
+    ) -> asyncio.Future[list[SubscribeOutcome]]:
+        """The answer to come for a (UN)SUBSCRIBE paho sent, or its failure to send it."""
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            return self._await_suback(mid, filters)
+        failed: asyncio.Future[list[SubscribeOutcome]] = self._loop.create_future()
+        failed.set_exception(
+            BrokerError("connection_lost", f"cannot {what}: {paho.error_string(rc)}")
+        )
+        return failed
 
     def send_pubacks(self, packet_ids: list[int]) -> None:
         if self.closed.done():
@@ -168,6 +179,20 @@ class V311Wire(WireState):
             else SubscribeOutcome(f, code.value)
             for f, code in zip(filters, codes, strict=False)
         ]
+        if not waiter.done():
+            waiter.set_result(outcomes)
+        self._progress += 1
+
+    def _on_unsubscribe(self, _c: paho.Client, _u: Any, mid: int, codes: Any, _p: Any) -> None:
+        try:
+            filters, waiter = self._suback(mid)
+        except KeyError:
+            return
+        # MQTT 3.1.1's UNSUBACK carries no codes (paho reports success for each).
+        outcomes = [
+            SubscribeOutcome(f, None, f"{code} (0x{code.value:02X})" if code.is_failure else None)
+            for f, code in zip(filters, codes or [], strict=False)
+        ] or [SubscribeOutcome(f, None) for f in filters]
         if not waiter.done():
             waiter.set_result(outcomes)
         self._progress += 1

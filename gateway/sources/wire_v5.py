@@ -190,6 +190,12 @@ class V5Wire(WireState, asyncio.Protocol):
         self._write(mqtt5.SubscribePacket(packet_id, topic_filters).write())
         return waiter
 
+    def unsubscribe(self, filters: Sequence[str]) -> asyncio.Future[list[SubscribeOutcome]]:
+        packet_id = self._new_packet_id()
+        waiter = self._await_suback(packet_id, [(f, 0) for f in filters])
+        self._write(mqtt5.UnsubscribePacket(packet_id, list(filters)).write())
+        return waiter
+
     def send_pubacks(self, packet_ids: list[int]) -> None:
         transport = self._transport
         if transport is None or transport.is_closing() or not packet_ids:
@@ -245,21 +251,8 @@ class V5Wire(WireState, asyncio.Protocol):
             self._schedule_keepalive()
             if not self.connack.done():
                 self.connack.set_result(packet.session_present)
-        elif isinstance(packet, mqtt5.SubAckPacket):
-            try:
-                filters, waiter = self._suback(packet.packet_id)
-            except KeyError:
-                raise ValueError(
-                    f"a SUBACK for packet id {packet.packet_id} we did not send"
-                ) from None
-            outcomes = [
-                SubscribeOutcome(f, int(code))
-                if int(code) < 0x80
-                else SubscribeOutcome(f, None, f"{code.name.lower()} (0x{int(code):02X})")
-                for f, code in zip(filters, packet.reason_codes, strict=False)
-            ]
-            if not waiter.done():
-                waiter.set_result(outcomes)
+        elif isinstance(packet, mqtt5.SubAckPacket | mqtt5.UnsubAckPacket):
+            self._answered(packet, granted=isinstance(packet, mqtt5.SubAckPacket))
         elif isinstance(packet, mqtt5.PingRespPacket):
             self._ping_since = None
         elif isinstance(packet, mqtt5.DisconnectPacket):
@@ -273,6 +266,23 @@ class V5Wire(WireState, asyncio.Protocol):
             self._end(BrokerError(reason, message))  # type: ignore[arg-type]
         else:
             raise ValueError(f"an unexpected {type(packet).__name__}")
+
+    def _answered(self, packet: mqtt5.SubAckPacket | mqtt5.UnsubAckPacket, granted: bool) -> None:
+        """A SUBACK (codes below 0x80 are the granted QoS) or an UNSUBACK: one outcome per
+        filter of the (UN)SUBSCRIBE it answers."""
+        try:
+            filters, waiter = self._suback(packet.packet_id)
+        except KeyError:
+            kind = type(packet).__name__
+            raise ValueError(f"a {kind} for packet id {packet.packet_id} we did not send") from None
+        outcomes = [
+            SubscribeOutcome(f, int(code) if granted else None)
+            if int(code) < 0x80
+            else SubscribeOutcome(f, None, f"{code.name.lower()} (0x{int(code):02X})")
+            for f, code in zip(filters, packet.reason_codes, strict=False)
+        ]
+        if not waiter.done():
+            waiter.set_result(outcomes)
 
     def _schedule_keepalive(self) -> None:
         if self._keepalive_s > 0:
