@@ -114,6 +114,12 @@ def test_stop_timeout_outlasts_the_drain_and_sigterm_starts_it() -> None:
     assert float(timeout.removesuffix("s")) >= grace_s + 10, "room to drain, seal and disconnect"
 
 
+def test_systemctl_reload_sends_the_gateway_sighup() -> None:
+    """SIGHUP reloads the config in place (tests/test_reload.py); it must reach the main pid."""
+    (reload,) = SETTINGS["ExecReload"]
+    assert shlex.split(reload) == ["/bin/kill", "-HUP", "$MAINPID"]
+
+
 def test_restarts_on_failure_but_not_on_a_config_error() -> None:
     assert SETTINGS["Restart"] == ["on-failure"]
     assert SETTINGS["RestartPreventExitStatus"] == ["2"], "exit 2 = bad config (gateway.cli)"
