@@ -41,7 +41,7 @@ install-demo: $(DEMO_STAMP) ## create .venv with the gateway and the demo's brok
 system-deps: ## install mosquitto, mosquitto-clients, prometheus (promtool) if missing
 	./scripts/system-deps.sh
 
-test: system-deps install ## run the whole test suite (real Mosquitto, real files), then test-floors
+test: system-deps install lint ## lint, the whole test suite (real Mosquitto, real files), test-floors
 	$(BIN)/pytest -q
 	$(MAKE) test-floors
 
@@ -50,8 +50,9 @@ test-floors: system-deps install ## the lowest dependency versions pyproject all
 	$(BIN)/uv pip install -q -p $(FLOORS)/bin/python --resolution lowest-direct -e '.[dev,demo]'
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
 
-lint: install ## ruff
+lint: install ## ruff (lint and format) and mypy
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	$(BIN)/mypy gateway
 
 demo: install-demo ## embedded broker + 200 simulated devices + gateway + metrics; Ctrl-C prints the audit (DEMO_ARGS=...)
 	$(BIN)/gateway demo $(DEMO_ARGS)

@@ -109,11 +109,14 @@ class Stage:
     ) -> Verdict | None:
         """One step over the batch; None when an awaited step passed the deadline."""
         try:
-            result = transform(readings)
-            if inspect.isawaitable(result):
-                result = await self._await(result, deadline)
+            returned = transform(readings)
+            result: Verdict | None
+            if inspect.isawaitable(returned):
+                result = await self._await(returned, deadline)
                 if result is None:
                     return None
+            else:
+                result = returned
             if not isinstance(result, Verdict):
                 raise TypeError(f"a step returned {type(result).__name__}, not a Verdict")
             return result
@@ -169,4 +172,4 @@ class Stage:
 
 def _drop_reason(transform: Transform) -> DropReason:
     reason = getattr(transform, "drop_reason", "filtered")
-    return reason if reason in DROP_REASONS else "filtered"
+    return reason if reason in DROP_REASONS else "filtered"  # type: ignore[return-value]

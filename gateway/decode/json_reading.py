@@ -81,7 +81,7 @@ class JsonReadingDecoder:
             for name, value in metrics.items():
                 if value.__class__ is bool:
                     metrics[name] = 1.0 if value else 0.0  # same key: safe while iterating
-        return decoded
+        return decoded  # type: ignore[return-value]  # every metric is a float now
 
     def _reading(
         self,

@@ -552,9 +552,10 @@ class MqttSource:
         if stale:
             unsuback = wire.unsubscribe(stale)
             unsuback.add_done_callback(lambda done: _log_unsubscribed(stale, done))
-        suback: asyncio.Future[object] | None = wire.subscribe(filters)  # type: ignore[assignment]
+        subscribing = wire.subscribe(filters)
+        subscribing.add_done_callback(lambda _: wake.set())
+        suback: asyncio.Future[list[SubscribeOutcome]] | None = subscribing
         subscribe_sent_at = time.monotonic()
-        suback.add_done_callback(lambda _: wake.set())
         wire.closed.add_done_callback(lambda _: wake.set())
         draining_since: float | None = None
         self._last_message_at = time.monotonic()

@@ -202,7 +202,7 @@ class V311Wire(WireState):
             topic = message.topic
         except UnicodeDecodeError:
             topic = ""  # the template match rejects it as topic_mismatch
-        payload = message.payload
+        payload = bytes(message.payload)  # paho types it bytes | bytearray; it is bytes
         self._topics.append(topic)
         self._payloads.append(payload)
         self._qos.append(message.qos)

@@ -119,7 +119,7 @@ class V5Wire(WireState, asyncio.Protocol):
                 if packet.__class__ is _PUBLISH:
                     q = packet.qos
                     if q is _AT_LEAST_ONCE:
-                        packet_ids.append(packet.packet_id)
+                        packet_ids.append(packet.packet_id)  # type: ignore[arg-type]  # QoS 1: set
                         qos.append(1)
                         if packet.duplicate:
                             redelivered += 1
