@@ -52,8 +52,10 @@ async def test_readings_published_while_the_gateway_is_down_arrive_when_it_is_ba
     data_dir = config.files.data_dir
     async with running(Gateway(config)) as gateway:
         await eventually(
-            lambda: {100 + d for d in range(10)}
-            <= {row["seq"] for row in read_lines(data_dir, include_open=True)},
+            lambda: (
+                {100 + d for d in range(10)}
+                <= {row["seq"] for row in read_lines(data_dir, include_open=True)}
+            ),
             message=f"the queued ten arrive (written: {written(gateway)})",
         )
         assert written(gateway) == 10, "only the ten queued while it was down"
