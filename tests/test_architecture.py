@@ -12,7 +12,7 @@ GATEWAY = ROOT / "gateway"
 
 LAYER = {
     "_version": 0, "errors": 0, "model": 0, "config": 0, "logs": 0, "manifest": 0,
-    "parent_death": 0, "hangups": 0, "reload": 1, "topics": 0, "presets": 0,
+    "parent_death": 0, "hangups": 0, "backoff": 0, "reload": 1, "topics": 0, "presets": 0,
     "decode": 1, "channel": 1, "metrics": 1, "transforms": 1,
     "sensor_values": 1, "columnar": 1,
     "stage": 2, "admit": 2, "sources": 2, "sinks": 2, "http": 2, "compaction": 2, "audit": 2,
@@ -29,7 +29,7 @@ OWNERS = {
     # and sinks/lines.py encodes them into file lines. Nothing else touches msgspec.
     "msgspec": {"model.py", "decode/", "sinks/lines.py"},
     "orjson": {"sinks/dead_letter.py", "audit.py", "manifest.py", "columnar/"},
-    "tenacity": {"sources/session.py", "sinks/write_retry.py"},
+    "tenacity": {"backoff.py"},
     "aiofiles": {"sinks/"},
     "prometheus_client": {"metrics.py", "http.py"},
     "aiohttp": {"http.py"},

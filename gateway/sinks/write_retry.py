@@ -7,8 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Literal, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
-
+from gateway.backoff import backoff
 from gateway.config import FilesConfig
 from gateway.errors import SinkWriteError, WriteErrorReason
 from gateway.metrics import GatewayMetrics
@@ -72,14 +71,11 @@ class WriteRetry:
     async def _retry(self, operation: Callable[[], Awaitable[T]], first: SinkWriteError) -> T:
         # Full jitter between retry_min_s and a window doubling up to retry_max_s: gateways that
         # share a disk do not retry in lockstep. Never stops: only cancellation ends the wait.
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(SinkWriteError),
-            wait=wait_random_exponential(
-                multiplier=self._config.retry_min_s,
-                min=self._config.retry_min_s,
-                max=self._config.retry_max_s,
-            ),
-            reraise=True,
+        retrying = backoff(
+            retry_on=SinkWriteError,
+            min_s=self._config.retry_min_s,
+            max_s=self._config.retry_max_s,
+            jitter="full",
         )
         async for attempt in retrying:
             with attempt:

@@ -18,14 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
-
+from gateway.backoff import backoff
 from gateway.config import MqttSourceConfig
 from gateway.errors import BrokerError, MqttProtocol
 from gateway.metrics import GatewayMetrics
@@ -321,19 +314,15 @@ class MqttSource:
         """Connect, receive and hand on until closed; reconnect with backoff after every end."""
         try:
             while not self._stop_reading.is_set():
-                retrying = AsyncRetrying(
-                    # Capped exponential backoff with jitter, so that gateways (or two fighting
-                    # over one client id) do not retry in lockstep. Never gives up.
-                    # (wait_exponential + wait_random rather than wait_exponential_jitter, whose
-                    # arguments differ between tenacity 8.2, 9.1 and 9.2.)
-                    wait=wait_exponential(
-                        multiplier=self._config.reconnect_min_s, max=self._config.reconnect_max_s
-                    )
-                    + wait_random(0, self._config.reconnect_min_s),
-                    retry=retry_if_exception_type(BrokerError),
+                # Capped exponential backoff with jitter, so that gateways (or two fighting over
+                # one client id) do not retry in lockstep. Never gives up.
+                retrying = backoff(
+                    retry_on=BrokerError,
+                    min_s=self._config.reconnect_min_s,
+                    max_s=self._config.reconnect_max_s,
+                    jitter="added",
                     sleep=self._sleep_unless_stopping,
                     before_sleep=self._before_sleep,
-                    reraise=True,
                 )
                 async for attempt in retrying:
                     with attempt:
@@ -372,14 +361,9 @@ class MqttSource:
         except TimeoutError:
             pass
 
-    def _before_sleep(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome is not None else None
-        # next_action.sleep, not upcoming_sleep: the latter is new in tenacity 8.2.3.
-        delay = state.next_action.sleep if state.next_action is not None else 0.0
+    def _before_sleep(self, error: BaseException | None, delay: float, attempt: int) -> None:
         if isinstance(error, BrokerError):
-            self._reporter.report(
-                error, f"retrying in {delay:.1f}s (attempt {state.attempt_number})"
-            )
+            self._reporter.report(error, f"retrying in {delay:.1f}s (attempt {attempt})")
 
     # -- one connection ----------------------------------------------------------------------
 
