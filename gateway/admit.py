@@ -3,7 +3,6 @@ rejections to the dead-letter channel."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 
@@ -12,7 +11,7 @@ from gateway.config import GatewayConfig
 from gateway.decode import SubscriptionDecoders
 from gateway.errors import DecodeError
 from gateway.metrics import GatewayMetrics
-from gateway.model import Envelope, Inbound, Reading, Rejection
+from gateway.model import Envelope, Inbound, Reading, Rejection, rejection_of
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +42,6 @@ class Admission:
         self._shards = shards
         self._rejects = rejects
         self._drop_qos0 = config.pipeline.qos0_policy == "drop_oldest"
-        self._max_payload_bytes = config.limits.max_payload_bytes
         self._kept_bytes = config.dead_letter.max_payload_bytes
         self._devices = devices
         self._max_devices = max_devices
@@ -111,19 +109,7 @@ class Admission:
     def _rejection(
         self, topic: str, payload: bytes, reason: str, detail: str, received_at: float
     ) -> Rejection:
-        if len(payload) <= self._max_payload_bytes:
-            return Rejection(topic, payload, reason, detail, received_at)
-        # An oversized payload is released at once: the record keeps a prefix, its size and a
-        # digest, so it can be recognised without holding (or storing) all of it.
-        return Rejection(
-            topic,
-            payload[: self._kept_bytes],
-            reason,
-            detail,
-            received_at,
-            payload_bytes=len(payload),
-            payload_sha256=hashlib.sha256(payload).hexdigest(),
-        )
+        return rejection_of(topic, payload, reason, detail, received_at, self._kept_bytes)
 
     def _internal_error(
         self, topic: str, payload: bytes, exc: Exception, received_at: float

@@ -320,7 +320,11 @@ class DeadLetterConfig(_Part):
     """How rejected messages are stored (under <data_dir>/dead-letter/)."""
 
     max_payload_bytes: int = Field(
-        1024 * 1024, ge=0, description="Payload bytes kept per record; longer ones are cut."
+        4096,
+        ge=0,
+        description="Payload bytes kept per record. A longer payload keeps this prefix, its size "
+        "(payload_bytes) and its SHA-256 (payload_sha256); the rest is released as soon as the "
+        "message is rejected, so an oversized flood costs neither memory nor disk.",
     )
 
 

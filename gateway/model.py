@@ -8,6 +8,7 @@ something that holds it, so it cannot be part of a cycle and the collector may s
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -90,6 +91,28 @@ class Rejection(msgspec.Struct, gc=False):
     received_at: float
     payload_bytes: int | None = None
     payload_sha256: str | None = None
+
+
+def rejection_of(  # noqa: PLR0917 - the Rejection's own fields, in its order
+    topic: str, payload: bytes, reason: str, detail: str, received_at: float, keep_bytes: int
+) -> Rejection:
+    """A Rejection that holds at most `keep_bytes` of the payload.
+
+    A longer payload keeps its prefix, its size and its SHA-256 (so it can be recognised, e.g.
+    against what a device says it sent), and the rest is released at once: an oversized message
+    neither stays in memory while it waits for the dead-letter file nor fills that file.
+    """
+    if len(payload) <= keep_bytes:
+        return Rejection(topic, payload, reason, detail, received_at)
+    return Rejection(
+        topic,
+        payload[:keep_bytes],
+        reason,
+        detail,
+        received_at,
+        payload_bytes=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+    )
 
 
 class Inbound:
