@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 # loop_read() handles one incoming packet per call: read until a call yields nothing new, but
 # give the loop back after this many so a flood cannot starve other callbacks.
 READ_BURST = 512
+# ... or once a burst holds this many topic and payload bytes: paho reads each packet whole (it
+# has no limit on incoming packets), so a burst of large messages would otherwise hold up to
+# READ_BURST of them before the session's byte budget (mqtt.max_buffered_bytes) could pause the
+# socket. One packet may still be as large as the broker lets through (Mosquitto:
+# message_size_limit).
+READ_BURST_BYTES = 1024 * 1024
 MISC_INTERVAL_S = 1.0
 
 
@@ -281,7 +287,7 @@ class V311Wire(WireState):
             before = len(self._topics) + self._progress
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self.closed.done():
                 break
-            if len(self._topics) + self._progress == before:
+            if len(self._topics) + self._progress == before or self._nbytes >= READ_BURST_BYTES:
                 break
         sock = self._sock
         if self._reading and isinstance(sock, ssl.SSLSocket) and sock.pending():
