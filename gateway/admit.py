@@ -58,7 +58,11 @@ class Admission:
         n_shards = len(shards)
         routed: list[list[Reading]] = [[] for _ in range(n_shards)]
         droppable: list[list[Reading]] = [[] for _ in range(n_shards)]
+        # What each lane's readings keep alive: their messages' topics and payloads.
+        routed_bytes = [0] * n_shards
+        droppable_bytes = [0] * n_shards
         rejections: list[Rejection] = []
+        rejected_bytes = 0
         devices = self._devices
         track_devices = len(devices) < self._max_devices
         drop_qos0 = self._drop_qos0
@@ -67,43 +71,60 @@ class Admission:
             try:
                 readings = decode(topic, payload, received_at)
             except DecodeError as exc:
-                rejections.append(
-                    self._rejection(topic, payload, exc.reason, exc.detail, received_at)
-                )
+                rejection = self._rejection(topic, payload, exc.reason, exc.detail, received_at)
+                rejections.append(rejection)
+                rejected_bytes += len(topic) + len(rejection.payload)
                 items += 1
                 continue
             except Exception as exc:
-                rejections.append(self._internal_error(topic, payload, exc, received_at))
+                rejection = self._internal_error(topic, payload, exc, received_at)
+                rejections.append(rejection)
+                rejected_bytes += len(topic) + len(rejection.payload)
                 items += 1
                 continue
+            size = len(topic) + len(payload)
             # Under drop_oldest, QoS 0 readings never wait: they may be dropped instead.
-            lanes = droppable if (drop_qos0 and qos == 0) else routed
+            if drop_qos0 and qos == 0:
+                lanes, lane_bytes = droppable, droppable_bytes
+            else:
+                lanes, lane_bytes = routed, routed_bytes
             if n_shards == 1:
                 lanes[0] += readings
+                lane_bytes[0] += size
                 if track_devices:
                     for reading in readings:
                         devices.add(reading.device_id)
             else:
+                touched = -1
                 for reading in readings:
                     device = reading.device_id
                     if track_devices:
                         devices.add(device)
-                    lanes[hash(device) % n_shards].append(reading)
+                    index = hash(device) % n_shards
+                    lanes[index].append(reading)
+                    # A message's bytes count in each lane it reaches (again when its readings
+                    # alternate between lanes: an overcount only bounds the channel sooner).
+                    if index != touched:
+                        touched = index
+                        lane_bytes[index] += size
             items += len(readings)
         m = self._metrics
         m.readings_received.inc(items)
         m.in_flight.inc(items)
         ack = burst.ack
         if rejections:
-            await self._rejects.put(Envelope(rejections, ack.hold()))
-        for shard, lane, spare in zip(shards, routed, droppable, strict=True):
+            await self._rejects.put(Envelope(rejections, ack.hold(), nbytes=rejected_bytes))
+        for n, (shard, lane, spare) in enumerate(zip(shards, routed, droppable, strict=True)):
             if spare:
-                for victim in shard.put_dropping(Envelope(spare, ack.hold(), droppable=True)):
+                spare_envelope = Envelope(
+                    spare, ack.hold(), droppable=True, nbytes=droppable_bytes[n]
+                )
+                for victim in shard.put_dropping(spare_envelope):
                     m.dropped["queue_full"].inc(len(victim.body))
                     m.in_flight.dec(len(victim.body))
                     victim.ack.release()
             if lane:
-                await shard.put(Envelope(lane, ack.hold()))
+                await shard.put(Envelope(lane, ack.hold(), nbytes=routed_bytes[n]))
         ack.release()  # the burst's own part: now only the envelopes hold it
 
     def _rejection(

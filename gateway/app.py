@@ -52,17 +52,16 @@ class Gateway:
         self._transforms = list(transforms) if transforms is not None else _build_steps(config)
         self._devices: set[str] = set()
         capacity = config.pipeline.channel_capacity
+        max_bytes = config.pipeline.channel_max_bytes
         self._shards: list[Channel[Reading]] = [
-            Channel(capacity) for _ in range(config.pipeline.workers)
+            Channel(capacity, max_bytes) for _ in range(config.pipeline.workers)
         ]
-        self._store: Channel[Reading] = Channel(capacity)
-        self._rejects: Channel[Rejection] = Channel(capacity)
+        self._store: Channel[Reading] = Channel(capacity, max_bytes)
+        self._rejects: Channel[Rejection] = Channel(capacity, max_bytes)
         m = self.metrics
-        m.track_channel(
-            "decoded", lambda: sum(len(c) for c in self._shards), capacity * len(self._shards)
-        )
-        m.track_channel("store", lambda: len(self._store), capacity)
-        m.track_channel("rejects", lambda: len(self._rejects), capacity)
+        m.track_channel("decoded", self._shards)
+        m.track_channel("store", [self._store])
+        m.track_channel("rejects", [self._rejects])
         m.devices_seen.set_function(lambda: len(self._devices))
         client_id = config.mqtt.client_id
         # Opt-in: when off, nothing is built and the file sink pays nothing per batch.

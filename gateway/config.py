@@ -277,6 +277,13 @@ class PipelineConfig(_Part):
     channel_capacity: int = Field(
         4096, ge=1, description="Readings each bounded channel holds before it pushes back."
     )
+    channel_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes each bounded channel holds before it pushes back, whichever of the "
+        "two bounds comes first: the topics and payloads of the messages its readings came from "
+        "(a reading keeps its payload until it is written, for a dead-letter record).",
+    )
     processing_timeout_s: float = Field(
         1.0, gt=0, description="A reading not through all steps by then is dead-lettered."
     )

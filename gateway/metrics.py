@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import (
@@ -26,6 +27,9 @@ from gateway.errors import (
     WRITE_ERROR_REASONS,
 )
 from gateway.sensor_values import SensorValues
+
+if TYPE_CHECKING:
+    from gateway.channel import Channel
 
 # Fine below 25 ms, where the latency target (p99 <= 10 ms) lives; coarse up to a minute for
 # device clocks that are off.
@@ -91,6 +95,18 @@ class GatewayMetrics:
         )
         self._channel_capacity = Gauge(
             "gateway_channel_capacity", "Capacity of a channel.", ["channel"], registry=r
+        )
+        self._channel_bytes = Gauge(
+            "gateway_channel_bytes",
+            "Message bytes (topics and payloads) the items waiting in a channel keep alive.",
+            ["channel"],
+            registry=r,
+        )
+        self._channel_max_bytes = Gauge(
+            "gateway_channel_max_bytes",
+            "Bytes a channel holds before it pushes back (pipeline.channel_max_bytes).",
+            ["channel"],
+            registry=r,
         )
         self.processing_seconds = LoopHistogram(
             "gateway_processing_seconds",
@@ -189,11 +205,17 @@ class GatewayMetrics:
             "gateway_devices_seen", "Distinct device ids seen since start.", registry=r
         )
 
-    def track_channel(self, name: str, depth: Callable[[], float], capacity: int) -> None:
-        """Read a channel's depth at scrape time."""
+    def track_channel(self, name: str, channels: Sequence[Channel[Any]]) -> None:
+        """Read the depth of a channel (or of a channel per worker, summed) at scrape time."""
+
+        def depth() -> float:
+            return sum(len(c) for c in channels)
+
         self._depths[name] = depth
         self._channel_depth.labels(name).set_function(depth)
-        self._channel_capacity.labels(name).set(capacity)
+        self._channel_capacity.labels(name).set(sum(c.capacity for c in channels))
+        self._channel_bytes.labels(name).set_function(lambda: sum(c.nbytes for c in channels))
+        self._channel_max_bytes.labels(name).set(sum(c.max_bytes or 0 for c in channels))
 
     def export_sensor_values(self, values: SensorValues) -> None:
         """Expose gateway_sensor_value and its bookkeeping, read from `values` at scrape time."""

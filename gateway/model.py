@@ -184,18 +184,22 @@ class Envelope(Generic[T]):
     """Values in flight (a batch) plus the ack of the burst they came from.
 
     `ack.release()` must be called exactly once, when every value is durable or deliberately
-    dropped. `droppable` marks QoS 0 values that the drop_oldest policy may discard.
+    dropped. `droppable` marks QoS 0 values that the drop_oldest policy may discard. `nbytes` is
+    what the values keep alive: the topic and payload bytes of the messages they came from (a
+    reading holds its message's payload until it is written, for a later dead-letter record), so
+    that channels can be bounded in bytes as well as in values.
     """
 
-    __slots__ = ("ack", "body", "droppable")
+    __slots__ = ("ack", "body", "droppable", "nbytes")
 
-    def __init__(self, body: list[T], ack: Ack, droppable: bool = False) -> None:
+    def __init__(self, body: list[T], ack: Ack, droppable: bool = False, nbytes: int = 0) -> None:
         self.body = body
         self.ack = ack
         self.droppable = droppable
+        self.nbytes = nbytes
 
     def __len__(self) -> int:
         return len(self.body)
 
     def __repr__(self) -> str:
-        return f"Envelope({len(self.body)} values, droppable={self.droppable})"
+        return f"Envelope({len(self.body)} values, {self.nbytes} bytes, droppable={self.droppable})"
