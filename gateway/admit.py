@@ -9,6 +9,7 @@ import time
 from gateway.channel import Channel
 from gateway.config import GatewayConfig
 from gateway.decode import SubscriptionDecoders
+from gateway.distinct import DistinctCount
 from gateway.errors import DecodeError
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Inbound, Reading, Rejection, rejection_of
@@ -33,8 +34,7 @@ class Admission:
         metrics: GatewayMetrics,
         shards: list[Channel[Reading]],
         rejects: Channel[Rejection],
-        devices: set[str],
-        max_devices: int,
+        devices: DistinctCount,
     ) -> None:
         decoders = SubscriptionDecoders(config.mqtt.subscriptions, config.limits)
         self._decode = decoders.single or decoders
@@ -44,7 +44,6 @@ class Admission:
         self._drop_qos0 = config.pipeline.qos0_policy == "drop_oldest"
         self._kept_bytes = config.dead_letter.max_payload_bytes
         self._devices = devices
-        self._max_devices = max_devices
         self._warned: set[str] = set()
 
     async def __call__(self, bursts: list[Inbound]) -> None:
@@ -63,8 +62,7 @@ class Admission:
         droppable_bytes = [0] * n_shards
         rejections: list[Rejection] = []
         rejected_bytes = 0
-        devices = self._devices
-        track_devices = len(devices) < self._max_devices
+        seen: set[str] = set()
         drop_qos0 = self._drop_qos0
         items = 0
         for topic, payload, qos in zip(burst.topics, burst.payloads, burst.qos, strict=True):
@@ -91,15 +89,13 @@ class Admission:
             if n_shards == 1:
                 lanes[0] += readings
                 lane_bytes[0] += size
-                if track_devices:
-                    for reading in readings:
-                        devices.add(reading.device_id)
+                for reading in readings:
+                    seen.add(reading.device_id)
             else:
                 touched = -1
                 for reading in readings:
                     device = reading.device_id
-                    if track_devices:
-                        devices.add(device)
+                    seen.add(device)
                     index = hash(device) % n_shards
                     lanes[index].append(reading)
                     # A message's bytes count in each lane it reaches (again when its readings
@@ -108,6 +104,7 @@ class Admission:
                         touched = index
                         lane_bytes[index] += size
             items += len(readings)
+        self._devices.update(seen)
         m = self._metrics
         m.readings_received.inc(items)
         m.in_flight.inc(items)
