@@ -72,7 +72,9 @@ class Gateway:
         self._files = FileSink(config.files, client_id, m, on_durable)
         self._dead_letter = DeadLetterSink(config.dead_letter, config.files, client_id, m)
         self._source: MqttSource | None = None
-        self._http = HttpServer(config.http, self.registry, self.checks, seal=self.seal)
+        self._http = HttpServer(
+            config.http, self.registry, self.checks, seal=self.seal, details=self.check_details
+        )
         self.storage = StorageMetrics(self.registry)
         self._maintenance: Maintenance | None = None
         if config.compaction.enabled:
@@ -96,6 +98,23 @@ class Gateway:
             "not_stalled": source is None or not source.stalled,
             "sink_writable": self._files.writable and self._dead_letter.writable,
         }
+
+    def check_details(self) -> dict[str, object]:
+        """What /readyz says beside the checks: why the broker is not connected, and which
+        subscriptions are silent (by name or index, with their configured filter)."""
+        source = self._source
+        details: dict[str, object] = {}
+        if source is None:
+            return details
+        if not source.connected and source.last_error is not None:
+            details["broker_error"] = str(source.last_error)
+        silent = source.silent
+        if silent:
+            details["silent_subscriptions"] = [
+                {"subscription": s.subscription, "filter": s.filter, "silent_s": s.silent_s}
+                for s in silent
+            ]
+        return details
 
     @property
     def ready(self) -> bool:

@@ -64,6 +64,11 @@ class TlsConfig(_Part):
 class SubscriptionConfig(_Part):
     """One topic filter, what its payloads look like and how its topic levels are named."""
 
+    name: str = Field(
+        "",
+        description="Names the subscription in metrics (the `subscription` label), logs and "
+        "/readyz; its index (0, 1, ...) when empty.",
+    )
     filter: str = Field(
         "",
         description="MQTT topic filter; `$share/<group>/<filter>` for a shared subscription. "
@@ -82,6 +87,17 @@ class SubscriptionConfig(_Part):
         description="json: a reading object or an array of them; senml: RFC 8428 SenML JSON; "
         "bare: a number, metric named by the topic's {metric}.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _label_value(cls, value: str) -> str:
+        if value and not SAFE_NAME.match(value):
+            raise ValueError("use 1-128 of A-Z a-z 0-9 . _ - (it labels metrics), starting alnum")
+        return value
+
+    def label(self, index: int) -> str:
+        """The `subscription` label: the configured name, else the index."""
+        return self.name or str(index)
 
     @field_validator("template")
     @classmethod
@@ -148,10 +164,12 @@ class MqttSourceConfig(_Part):
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (then doubles).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect delay.")
     stall_timeout_s: float = Field(
-        0,
+        300.0,
         ge=0,
-        description="Connected and subscribed but no message for this long: not ready, logged, "
-        "counted. 0 disables (set it when devices report steadily).",
+        description="A subscription with no message for this long while subscribed is silent: "
+        "/readyz fails naming it, it is logged and counted (an ACL that denies a filter, or a "
+        "frozen broker, shows only as silence). Set it above the longest quiet spell of the "
+        "busiest subscription's devices; 0 disables.",
     )
     max_buffered_messages: int = Field(
         2000,
@@ -184,6 +202,14 @@ class MqttSourceConfig(_Part):
         if not SAFE_NAME.match(value):
             raise ValueError("use 1-128 of A-Z a-z 0-9 . _ - (it names files), starting alnum")
         return value
+
+    @model_validator(mode="after")
+    def _subscriptions_named_once(self) -> MqttSourceConfig:
+        labels = [sub.label(index) for index, sub in enumerate(self.subscriptions)]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"subscriptions: each needs its own name (or index): {twice}")
+        return self
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttSourceConfig:

@@ -26,13 +26,17 @@ class HttpServer:
         registry: CollectorRegistry,
         checks: Checks,
         before_metrics: Callable[[], Awaitable[None]] | None = None,
+        *,
         seal: Callable[[], Awaitable[dict[str, int]]] | None = None,
+        details: Callable[[], dict[str, object]] | None = None,
     ) -> None:
         """`before_metrics` runs before each /metrics answer (the supervisor fetches its
         workers' metrics then, so the merged view is current). `seal`, when given, answers
-        POST /seal: it takes no input, so nothing from the request reaches a file."""
+        POST /seal: it takes no input, so nothing from the request reaches a file. `details`
+        adds to /readyz's body what the checks alone do not say (which subscription, why)."""
         self._config = config
         self._checks = checks
+        self._details = details
         self._before_metrics = before_metrics
         self._metrics = make_aiohttp_handler(registry)
         self._app = web.Application()
@@ -79,10 +83,10 @@ class HttpServer:
     async def _readyz(self, _request: web.Request) -> web.Response:
         checks = self._checks()
         ready = all(checks.values())
-        return web.json_response(
-            {"status": "ready" if ready else "not ready", "checks": checks},
-            status=200 if ready else 503,
-        )
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "checks": checks}
+        if self._details is not None:
+            body.update(self._details())
+        return web.json_response(body, status=200 if ready else 503)
 
     async def _seal_handler(self, _request: web.Request) -> web.Response:
         assert self._seal is not None

@@ -194,11 +194,20 @@ class GatewayMetrics:
             registry=r,
         )
         self.mqtt_stalls = Counter(
-            "gateway_mqtt_stalls", "Times the stall watchdog found no traffic.", registry=r
+            "gateway_mqtt_stalls",
+            "Times a subscription went silent for longer than mqtt.stall_timeout_s.",
+            registry=r,
         )
         self.mqtt_stalled = Gauge(
             "gateway_mqtt_stalled",
-            "1 while subscribed but silent past stall_timeout_s.",
+            "1 while a subscription has been silent for longer than mqtt.stall_timeout_s.",
+            registry=r,
+        )
+        self._subscription_silence = Gauge(
+            "gateway_subscription_silence_seconds",
+            "Seconds since a message last arrived on this subscription (since the gateway first "
+            "subscribed when none has), by configured name or index.",
+            ["subscription"],
             registry=r,
         )
         self.devices_seen = Gauge(
@@ -216,6 +225,10 @@ class GatewayMetrics:
         self._channel_capacity.labels(name).set(sum(c.capacity for c in channels))
         self._channel_bytes.labels(name).set_function(lambda: sum(c.nbytes for c in channels))
         self._channel_max_bytes.labels(name).set(sum(c.max_bytes or 0 for c in channels))
+
+    def track_subscription(self, label: str, age: Callable[[], float]) -> None:
+        """Read a subscription's silence (seconds since its last message) at scrape time."""
+        self._subscription_silence.labels(label).set_function(age)
 
     def export_sensor_values(self, values: SensorValues) -> None:
         """Expose gateway_sensor_value and its bookkeeping, read from `values` at scrape time."""
@@ -310,12 +323,18 @@ class SupervisorMetrics:
         )
 
 
+# Merged as the least value over the workers, not the sum: a shared subscription one worker
+# hears from is not silent.
+LEAST_ACROSS_WORKERS = frozenset({"gateway_subscription_silence_seconds"})
+
+
 class MergedWorkers(Collector):
     """The sum of several worker gateways' metrics, for `gateway run --processes N`.
 
     Each worker is a whole gateway with its own registry and port; the supervisor scrapes them
     and this re-exposes one view: counters, gauges and histogram buckets summed per label set
-    (so `gateway_mqtt_connected` counts connected workers), `*_info` kept once. Texts are cached
+    (so `gateway_mqtt_connected` counts connected workers), `*_info` kept once, a subscription's
+    silence the least over the workers. Texts are cached
     by the supervisor's poll, so a scrape never waits on a worker.
     """
 
@@ -345,6 +364,8 @@ class MergedWorkers(Collector):
                     key = (s.name, tuple(sorted(s.labels.items())))
                     if family.type == "info" or s.name.endswith("_info"):
                         acc[key] = max(acc.get(key, 0.0), s.value)
+                    elif s.name in LEAST_ACROSS_WORKERS:
+                        acc[key] = min(acc.get(key, s.value), s.value)
                     else:
                         acc[key] = acc.get(key, 0.0) + s.value
         for name, metric in families.items():

@@ -11,6 +11,7 @@ arrival order once the pipeline says they are stored.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -29,6 +30,7 @@ from gateway.errors import BrokerError, MqttProtocol
 from gateway.metrics import GatewayMetrics
 from gateway.model import Ack, Inbound
 from gateway.sources.acks import AckWindow
+from gateway.sources.silence import Silence, SubscriptionWatch
 from gateway.sources.wire import ConnectOptions, Wire
 from gateway.sources.wire_v5 import connect_v5
 from gateway.sources.wire_v311 import connect_v311
@@ -113,8 +115,12 @@ class MqttSource:
         self._subscribed = False
         # Set while connected and subscribed, for whoever waits for that (the demo).
         self.subscribed = asyncio.Event()
-        self._stalled = False
         self._last_message_at = time.monotonic()
+        self._watch = SubscriptionWatch(
+            config.subscriptions, config.stall_timeout_s, metrics, self._last_message_at
+        )
+        # Why the last connection attempt or session failed, until subscribed again (/readyz).
+        self.last_error: BrokerError | None = None
         self._attempts = 0
         self._connected_before = False
         # "auto": unknown until a broker answers; then kept for this process.
@@ -123,6 +129,7 @@ class MqttSource:
         self._tls = _tls_context(config) if config.tls.enabled else None
         self._warned_qos: set[str] = set()
         metrics.unacked.set_function(self._unacked)
+        metrics.mqtt_stalled.set_function(lambda: 1 if self._watch.silent else 0)
 
     # -- state for /readyz and metrics -------------------------------------------------------
 
@@ -133,8 +140,13 @@ class MqttSource:
 
     @property
     def stalled(self) -> bool:
-        """Subscribed, but silent for longer than stall_timeout_s."""
-        return self._stalled
+        """Subscribed, but a subscription has been silent for longer than stall_timeout_s."""
+        return bool(self._watch.silent)
+
+    @property
+    def silent(self) -> list[Silence]:
+        """The subscriptions silent for longer than stall_timeout_s, for /readyz."""
+        return self._watch.silent
 
     @property
     def protocol(self) -> MqttProtocol | None:
@@ -156,11 +168,8 @@ class MqttSource:
         self._metrics.messages_received.inc(count)
         if redelivered:
             self._metrics.mqtt_redeliveries.inc(redelivered)
-        self._last_message_at = time.monotonic()
-        if self._stalled:
-            self._stalled = False
-            self._metrics.mqtt_stalled.set(0)
-            log.info("messages flowing again")
+        self._last_message_at = now = time.monotonic()
+        self._watch.heard(burst.topics, now)
         cfg = self._config
         if (
             self._pending_messages >= cfg.max_buffered_messages
@@ -268,6 +277,7 @@ class MqttSource:
         raise error
 
     def _count(self, error: BrokerError) -> None:
+        self.last_error = error
         counter = self._metrics.mqtt_connection_failures.get(error.reason)
         if counter is not None:
             counter.inc()
@@ -365,6 +375,7 @@ class MqttSource:
             self._conn = None
             self._subscribed = False
             self.subscribed.clear()
+            self._watch.unsubscribed()
             self._metrics.mqtt_connected.set(0)
 
     # -- the session -----------------------------------------------------------------------
@@ -380,14 +391,20 @@ class MqttSource:
         subscribe_sent_at = time.monotonic()
         suback.add_done_callback(lambda _: wake.set())
         wire.closed.add_done_callback(lambda _: wake.set())
-        self._last_message_at = time.monotonic()
+        self._last_message_at = checked_at = time.monotonic()
         if wire.session_present:
             self._mark_subscribed()  # the session holds our subscriptions already
         while True:
+            now = time.monotonic()
+            if now - checked_at >= 1.0:  # also under load: one busy filter hides no silent one
+                checked_at = now
+                self._watch.check(now)
             if suback is not None:
                 if suback.done():
                     if not suback.cancelled():
-                        self._check_suback(suback.result())  # type: ignore[arg-type]
+                        refused = self._check_suback(suback.result())  # type: ignore[arg-type]
+                        if refused is not None:
+                            return refused
                     suback = None
                 elif time.monotonic() - max(subscribe_sent_at, self._last_message_at) > (
                     cfg.subscribe_timeout_s
@@ -413,17 +430,20 @@ class MqttSource:
             if wire.closed.done():
                 return wire.closed.result()
             wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await wake.wait()
-            except TimeoutError:
-                self._watch_for_stall()
 
-    def _check_suback(self, outcomes: list[object]) -> None:
+    def _check_suback(self, outcomes: list[object]) -> BrokerError | None:
+        """The SUBACK's verdict: the error naming each refused filter and why, or None."""
         refused = [o for o in outcomes if o.failure is not None]  # type: ignore[attr-defined]
         if refused:
             names = "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused)  # type: ignore[attr-defined]
-            raise BrokerError("subscribe_refused", f"the broker refused subscriptions {names}")
+            return BrokerError(
+                "subscribe_refused",
+                f"the broker refused the subscription to {names} (check its ACL for this "
+                "client; the gateway is not ready until every filter is granted)",
+            )
         for wanted, outcome in zip(self._config.subscriptions, outcomes, strict=False):
             granted = outcome.granted_qos  # type: ignore[attr-defined]
             if (
@@ -442,22 +462,14 @@ class MqttSource:
         log.info(
             "subscribed to %s", ", ".join(s.effective_filter for s in self._config.subscriptions)
         )
+        return None
 
     def _mark_subscribed(self) -> None:
         self._subscribed = True
+        self.last_error = None
+        self._watch.subscribed(time.monotonic())
         self.subscribed.set()
         self._metrics.mqtt_connected.set(1)
-
-    def _watch_for_stall(self) -> None:
-        limit = self._config.stall_timeout_s
-        if not limit or not self._subscribed:
-            return
-        silent = time.monotonic() - self._last_message_at
-        if silent > limit and not self._stalled:
-            self._stalled = True
-            self._metrics.mqtt_stalls.inc()
-            self._metrics.mqtt_stalled.set(1)
-            log.warning("no message for %.0fs while subscribed: stalled (not ready)", silent)
 
 
 def _tls_context(config: MqttSourceConfig) -> ssl.SSLContext:
