@@ -362,10 +362,38 @@ class DeadLetterConfig(_Part):
 
 
 class HttpConfig(_Part):
-    """The one port for /metrics, /healthz and /readyz."""
+    """The one port for /metrics, /healthz and /readyz, and what a client may do to it."""
 
-    host: str = Field("127.0.0.1", description="Listen address.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Listen address. 0.0.0.0 only where the network in front is trusted or "
+        "the port is needed from outside (a Prometheus in another pod); the limits below hold "
+        "either way.",
+    )
     port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
+    max_connections: int = Field(
+        64,
+        ge=1,
+        description="Connections open at once. Beyond it a new connection replaces the one quiet "
+        "longest (quiet for over a second), else it gets a 503. Also kept 128 below the "
+        "process's file limit, so that clients can never take the descriptors the sinks need.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's whole header within this long "
+        "(after connecting, or after its previous request plus idle_timeout_s).",
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="A kept-alive connection idle this long is closed."
+    )
+    max_header_bytes: int = Field(
+        8190, ge=1024, description="Longest request line or header field; longer gets a 400."
+    )
+    max_headers: int = Field(32, ge=1, description="Most header fields in a request.")
+    max_body_bytes: int = Field(
+        1024, ge=0, description="Largest request body (no endpoint takes one); larger gets a 413."
+    )
 
 
 class LoggingConfig(_Part):

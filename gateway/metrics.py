@@ -352,8 +352,10 @@ class MergedWorkers(Collector):
         sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in list(self._texts.values()):
             for family in text_string_to_metric_families(text):
-                if family.name.startswith(("process_", "python_")):
-                    continue  # per process; summing them says nothing
+                if family.name.startswith(("process_", "python_", "gateway_http_")):
+                    # Per process (the supervisor's own port reports its own gateway_http_*):
+                    # summing them says nothing.
+                    continue
                 merged = families.setdefault(
                     family.name, Metric(family.name, family.documentation, family.type)
                 )

@@ -27,6 +27,7 @@ from tenacity import (
 
 from gateway.config import MqttSourceConfig
 from gateway.errors import BrokerError, MqttProtocol
+from gateway.logs import OncePer
 from gateway.metrics import GatewayMetrics
 from gateway.model import Ack, Inbound
 from gateway.sources.acks import AckWindow
@@ -81,20 +82,17 @@ class _Reporter:
     """Logs a failure, but the same kind again only every REPEAT_LOG_S (with a count)."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[float, int]] = {}
+        self._once = OncePer(REPEAT_LOG_S)
 
     def report(self, error: BrokerError, what_next: str) -> None:
-        now = time.monotonic()
-        logged_at, repeats = self._last.get(error.reason, (-REPEAT_LOG_S, 0))
-        if now - logged_at < REPEAT_LOG_S:
-            self._last[error.reason] = (logged_at, repeats + 1)
+        repeats = self._once.allow(error.reason)
+        if repeats is None:
             return
         again = f" ({repeats} more like it since the last report)" if repeats else ""
         log.warning("broker: %s; %s%s", error, what_next, again)
-        self._last[error.reason] = (now, 0)
 
     def forget(self) -> None:
-        self._last.clear()
+        self._once.forget()
 
 
 class MqttSource:
