@@ -247,7 +247,10 @@ class MqttSource:
         error = state.outcome.exception() if state.outcome is not None else None
         if isinstance(error, BrokerError):
             self._reporter.report(
-                error, f"retrying in {state.upcoming_sleep:.1f}s (attempt {state.attempt_number})"
+                error,
+                f"retrying in {state.upcoming_sleep:.1f}s (attempt {state.attempt_number}; "
+                f"it retries until it connects, at most {self._config.reconnect_max_s:g}s "
+                "apart)",
             )
 
     # -- one connection ----------------------------------------------------------------------
@@ -352,9 +355,14 @@ class MqttSource:
             try:
                 wire = await connect_v311(self._options(), conn)
             except BrokerError as v311_error:
+                also = (
+                    "the same over MQTT 5"
+                    if v311_error.reason == v5_error.reason
+                    else f"over MQTT 5: {v5_error}"
+                )
                 raise BrokerError(
                     v311_error.reason,  # type: ignore[arg-type]
-                    f"{v311_error} (and over MQTT 5: {v5_error})",
+                    f"{v311_error} ({also})",
                 ) from None
             log.warning(
                 "the broker does not speak MQTT 5 (%s); using MQTT 3.1.1 from now on", v5_error

@@ -197,10 +197,19 @@ class V311Wire(WireState):
         if self._closing:
             return
         if not self.connack.done():
+            # paho does not pass on a TLS alert: with TLS, a refused client certificate ends
+            # the connection here too.
+            hint = (
+                "; with TLS, most often the broker refusing our client certificate "
+                "(mqtt.tls.cert_file and key_file)"
+                if self._options.tls is not None
+                else "; a TLS port spoken to without TLS (then use mqtts://), or a broker that "
+                "refuses us without a CONNACK"
+            )
             self._end(
                 BrokerError(
                     "connection_lost",
-                    f"the broker closed the connection before CONNACK ({rc})",
+                    f"the broker closed the connection before CONNACK ({rc}){hint}",
                 )
             )
             return
@@ -336,7 +345,9 @@ async def connect_v311(options: ConnectOptions, intake: Intake) -> V311Wire:
         wire.abort()
         raise BrokerError(
             "connack_timeout",
-            f"{options.host}:{options.port}: no CONNACK within {options.connect_timeout_s}s",
+            f"{options.host}:{options.port}: no CONNACK within {options.connect_timeout_s}s: "
+            "something accepted the connection and never answered (a frozen or overloaded "
+            "broker, or not MQTT at all)",
         ) from None
     except OSError as exc:
         wire.abort()
