@@ -7,7 +7,7 @@ DEMO_STAMP ?= $(VENV)/.installed-demo
 DEV_STAMP  ?= $(VENV)/.installed-dev
 DEMO_ARGS  ?=
 
-.PHONY: help install install-demo system-deps test lint run demo bench bench-compaction clean
+.PHONY: help install install-demo system-deps test faults lint run demo bench bench-compaction clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,10 @@ system-deps: ## install mosquitto, mosquitto-clients, prometheus (promtool) if m
 
 test: system-deps install ## run the whole test suite (real Mosquitto, real files)
 	$(BIN)/pytest -q
+
+faults: system-deps install ## the reliability matrix (~5 min): writes benchmarks/RELIABILITY.md (+ results/reliability.json) and README's table
+	$(BIN)/pytest -q -m faults --reliability-report benchmarks/RELIABILITY.md
+	$(BIN)/python -m tests.support.reliability benchmarks/RELIABILITY.md README.md
 
 lint: install ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

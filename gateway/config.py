@@ -190,7 +190,8 @@ class MqttSourceConfig(_Part):
         description="MQTT 5: the largest packet the broker may send us (Maximum Packet Size). The "
         "broker discards larger messages without sending them (they cannot be dead-lettered), so "
         "keep it well above limits.max_payload_bytes: payloads in between arrive and are "
-        "dead-lettered as payload_too_large. MQTT 3.1.1 has no such limit.",
+        "dead-lettered as payload_too_large. MQTT 3.1.1 has no such limit: bound it at the "
+        "broker (Mosquitto: message_size_limit).",
     )
     subscriptions: tuple[SubscriptionConfig, ...] = Field(
         (SubscriptionConfig(),), min_length=1, description="What to subscribe to."

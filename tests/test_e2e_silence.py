@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gateway import Gateway
-from tests.support.broker import Broker
+from tests.support.broker import Broker, acl_broker
 from tests.support.gateway import make_config, reading_payload, running, topic
 from tests.support.poll import eventually
 from tests.support.publish import publish
@@ -25,15 +25,6 @@ DYNAMIC_SECURITY = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so
 STALL_S = 2.0
 # The watchdog judges about once a second.
 CHECK_S = 1.0
-
-
-def acl_broker(workdir: Path, readable: str) -> Broker:
-    """Mosquitto whose ACL lets anonymous clients read only `readable`: it still grants a
-    SUBSCRIBE to anything else, and then delivers nothing (FACTS.md)."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    acl = workdir / "acl"
-    acl.write_text(f"topic read {readable}\ntopic write #\n", encoding="utf-8")
-    return Broker(workdir, extra_config=f"acl_file {acl}\n")
 
 
 def subscriptions(unique: str) -> list[dict[str, str]]:

@@ -21,6 +21,7 @@ import duckdb
 from gateway.manifest import read_header
 from tests.support.broker import Broker, free_port
 from tests.support.poll import eventually_sync
+from tests.support.reliability import quoted_table
 from tests.support.scrape import get_sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,3 +123,10 @@ def test_the_simulator_and_audit_example_is_ok_and_duckdb_reads_the_files(
     finally:
         os.chdir(cwd)
     assert len(rows) == lines_on_disk > 0
+
+
+def test_the_reliability_table_is_the_one_make_faults_wrote() -> None:
+    """README quotes benchmarks/RELIABILITY.md between its markers: never by hand."""
+    report = ROOT / "benchmarks" / "RELIABILITY.md"
+    assert quoted_table(ROOT / "README.md") == report.read_text(encoding="utf-8").strip()
+    assert "| lost |" in report.read_text(encoding="utf-8")

@@ -112,3 +112,13 @@ class Broker:
         with contextlib.suppress(Exception):
             if self.proc is not None and self.proc.poll() is None:
                 os.kill(self.proc.pid, signal.SIGKILL)
+
+
+def acl_broker(workdir: Path, readable: str) -> Broker:
+    """Mosquitto (not started) whose ACL lets anonymous clients read only `readable` (and
+    write anything): Mosquitto 2.0.11 still grants a SUBSCRIBE to any other filter, and then
+    delivers nothing on it (FACTS.md)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    acl = workdir / "acl"
+    acl.write_text(f"topic read {readable}\ntopic write #\n", encoding="utf-8")
+    return Broker(workdir, extra_config=f"acl_file {acl}\n")

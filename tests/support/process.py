@@ -28,6 +28,7 @@ class GatewayProcess:
         prefix: str,
         data_dir: Path | None = None,
         protocol: str = "auto",
+        qos: int = 1,
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or tmp_path / "data"
@@ -48,6 +49,7 @@ class GatewayProcess:
             "reconnect_max_s = 1.0\n"
             "[[mqtt.subscriptions]]\n"
             f'template = "{prefix}/{{site}}/{{device_id}}/telemetry"\n'
+            f"qos = {qos}\n"
             "[files]\n"
             f"data_dir = {json.dumps(str(self.data_dir))}\n"
             "retry_min_s = 0.05\n"
@@ -79,11 +81,15 @@ class GatewayProcess:
             )
 
     def configure(self, section: str, text: str) -> None:
-        """Add lines to a `[section]` of the config file (before the next start)."""
+        """Add lines to a `[section]` of the config file (before the next start); a section
+        it does not have yet (e.g. `[[mqtt.subscriptions]]`, another one) is appended."""
         config = self.config_path.read_text(encoding="utf-8")
         header = f"[{section}]\n"
-        assert header in config, f"no [{section}] in the config"
-        self.config_path.write_text(config.replace(header, header + text, 1), encoding="utf-8")
+        if header in config and not section.startswith("["):
+            config = config.replace(header, header + text, 1)
+        else:
+            config += header + text
+        self.config_path.write_text(config, encoding="utf-8")
 
     @property
     def peak_rss_bytes(self) -> int:

@@ -22,9 +22,17 @@ MAX_OUTSTANDING = 10_000
 
 
 def publish_sync(
-    host: str, port: int, messages: Iterable[tuple[str, bytes]], qos: int = 1, timeout_s: float = 60
+    host: str,
+    port: int,
+    messages: Iterable[tuple[str, bytes]],
+    qos: int = 1,
+    timeout_s: float = 60,
+    window: int = MAX_OUTSTANDING,
 ) -> int:
-    """Publish all messages and wait until the broker has acknowledged each; returns the count."""
+    """Publish all messages and wait until the broker has acknowledged each; returns the count.
+
+    At most `window` are outstanding (sent, not acked; at QoS 0: not yet written): keep it small
+    for large payloads, which paho holds in memory until then."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2, client_id=f"test-pub-{next(_ids)}", protocol=mqtt.MQTTv311
     )
@@ -37,7 +45,7 @@ def publish_sync(
     try:
         for topic, payload in messages:
             # Packet ids wrap at 65535: keep far fewer than that outstanding.
-            if len(pending) >= MAX_OUTSTANDING:
+            if len(pending) >= window:
                 _settle(pending.popleft(), timeout_s)
             pending.append(client.publish(topic, payload, qos=qos))
             count += 1
