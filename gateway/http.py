@@ -10,13 +10,14 @@ from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from gateway.config import HttpConfig
 from gateway.connections import ConnectionGuard
-from gateway.errors import HTTP_REJECT_REASONS, HttpRejectReason, StartupError
+from gateway.errors import HttpRejectReason, StartupError
 from gateway.logs import OncePer
+from gateway.metrics import HttpMetrics
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,11 @@ class HttpServer:
         self._seal = seal
         if seal is not None:
             self._app.router.add_post("/seal", self._seal_handler)
-        rejected = Counter(
-            "gateway_http_rejected",
-            "Connections the metrics port closed, or requests it refused, by cause.",
-            ["reason"],
-            registry=registry,
-        )
-        self._rejected = {reason: rejected.labels(reason) for reason in HTTP_REJECT_REASONS}
+        self._guard: ConnectionGuard | None = None
+        self._listener: asyncio.Server | None = None
+        self._rejected = HttpMetrics(
+            registry, lambda: len(self._guard) if self._guard is not None else 0
+        ).rejected
         self._runner = web.AppRunner(
             self._app,
             access_log=None,
@@ -78,12 +77,6 @@ class HttpServer:
             max_headers=config.max_headers,
             logger=cast(logging.Logger, _RequestErrors(self._rejected["bad_request"].inc)),
         )
-        self._guard: ConnectionGuard | None = None
-        self._listener: asyncio.Server | None = None
-        self._open = Gauge(
-            "gateway_http_connections", "Connections open to the metrics port.", registry=registry
-        )
-        self._open.set_function(lambda: len(self._guard) if self._guard is not None else 0)
         self.port: int | None = None
 
     async def start(self) -> None:

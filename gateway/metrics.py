@@ -22,6 +22,7 @@ from gateway.errors import (
     CONNECTION_FAILURE_REASONS,
     DELETE_REASONS,
     DROP_REASONS,
+    HTTP_REJECT_REASONS,
     MQTT_PROTOCOLS,
     REJECT_REASONS,
     WRITE_ERROR_REASONS,
@@ -308,6 +309,22 @@ class LoopHistogram(Collector):
         family = HistogramMetricFamily(self._name, self._documentation)
         family.add_metric([], buckets, total)
         return [family]
+
+
+class HttpMetrics:
+    """The metrics port's own (a gateway's or the supervisor's): connections and refusals."""
+
+    def __init__(self, registry: CollectorRegistry, open_connections: Callable[[], float]) -> None:
+        rejected = Counter(
+            "gateway_http_rejected",
+            "Connections the metrics port closed, or requests it refused, by cause.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rejected = {reason: rejected.labels(reason) for reason in HTTP_REJECT_REASONS}
+        Gauge(
+            "gateway_http_connections", "Connections open to the metrics port.", registry=registry
+        ).set_function(open_connections)
 
 
 class SupervisorMetrics:

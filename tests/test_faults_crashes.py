@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
-from tests.support.ledger import Key, accounting, holds_all, keys_of, readings, stored
+from tests.support.ledger import Key, accounting, keys_of, readings, stored
 from tests.support.poll import eventually
 from tests.support.process import GatewayProcess
 from tests.support.publish import Stream
-from tests.support.reliability import Matrix, Row
+from tests.support.reliability import Matrix, Row, stored_and_stopped
 from tests.support.scrape import get
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -59,10 +59,7 @@ async def test_gateway_sigkill_x10_under_load_loses_nothing(
             await gw.ready(timeout_s=60)
             recoveries.append(time.monotonic() - killed_at)
         under_load = not stream.published.is_set()
-        await stream.wait_all_acked(timeout_s=120)
-        await eventually(holds_all(gw.data_dir, sent), timeout_s=120, interval_s=0.2)
-        peak = max(peak, gw.peak_rss_bytes)
-        assert await gw.terminate() == 0
+        peak = max(peak, await stored_and_stopped(gw, sent, stream))
     finally:
         if stream is not None:
             stream.close()
@@ -125,10 +122,7 @@ async def test_broker_restart_x10_with_persistence_loses_nothing(
             await eventually(lambda: ready(gw.url), timeout_s=60, interval_s=0.05)
             recoveries.append(time.monotonic() - restarted_at)
         under_load = not stream.published.is_set()
-        await stream.wait_all_acked(timeout_s=120)
-        await eventually(holds_all(gw.data_dir, sent), timeout_s=120, interval_s=0.2)
-        peak = gw.peak_rss_bytes
-        assert await gw.terminate() == 0
+        peak = await stored_and_stopped(gw, sent, stream)
     finally:
         if stream is not None:
             stream.close()

@@ -17,8 +17,9 @@ from tests.support.ledger import accounting, holds_all, keys_of, readings, store
 from tests.support.poll import eventually
 from tests.support.process import GatewayProcess
 from tests.support.publish import Stream, publish
-from tests.support.reliability import Matrix, Row
+from tests.support.reliability import Matrix, Row, stored_and_stopped
 from tests.support.scrape import get
+from tests.support.sinks import fill, small_tmpfs
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -26,20 +27,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.slow]
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs (root only; skipped where mounting is not permitted)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "16m") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
 def chattr(flag: str, path: Path) -> bool:
@@ -91,10 +80,7 @@ async def run_disk_fault(
 
         await eventually(writing_again, timeout_s=60, interval_s=0.05)
         recovery = time.monotonic() - mended_at
-        await stream.wait_all_acked()
-        await eventually(holds_all(gw.data_dir, sent), timeout_s=60, interval_s=0.1)
-        peak = gw.peak_rss_bytes
-        assert await gw.terminate() == 0
+        peak = await stored_and_stopped(gw, sent, stream)
     finally:
         if stream is not None:
             stream.close()
@@ -108,15 +94,14 @@ async def test_a_full_disk_loses_nothing_and_recovers_when_space_returns(
     broker: Broker, small_disk: Path, tmp_path: Path, unique: str, reliability: Matrix
 ) -> None:
     gw = GatewayProcess(broker, tmp_path / "gw", unique, data_dir=small_disk / "data")
-    filler = small_disk / "filler"
-
-    def fill() -> None:
-        stat = shutil.disk_usage(small_disk)
-        with filler.open("wb") as f:
-            f.write(b"\0" * max(0, stat.free - 8 * 1024))
-
+    fillers: list[Path] = []
     messages, lost, duplicates, recovery, peak, summary = await run_disk_fault(
-        gw, broker, unique, "no_space", fill, filler.unlink
+        gw,
+        broker,
+        unique,
+        "no_space",
+        lambda: fillers.append(fill(small_disk, leave_bytes=8 * 1024)),
+        lambda: fillers.pop().unlink(),
     )
     reliability.record(
         Row(

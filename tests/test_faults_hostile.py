@@ -24,13 +24,13 @@ from gateway.topics import filter_matches
 from simulators.payloads import broken_json
 from tests.support.broker import Broker, acl_broker
 from tests.support.gateway import read_dead_letters, read_lines, reading_payload, topic
-from tests.support.idle_flood import IdleFlood
+from tests.support.idle_flood import IdleFlood, time_scrapes_while
 from tests.support.ledger import Key, accounting, holds_all, keys_of, readings, stored
 from tests.support.poll import eventually
 from tests.support.process import GatewayProcess
 from tests.support.publish import Stream, publish, publish_sync
-from tests.support.reliability import Matrix, Row
-from tests.support.scrape import get, get_sync
+from tests.support.reliability import Matrix, Row, stored_and_stopped
+from tests.support.scrape import get
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -299,20 +299,9 @@ async def test_idle_connections_on_the_metrics_port_stop_neither_metrics_nor_sto
         await gw.ready()
         idle = IdleFlood(int(gw.url.rsplit(":", 1)[1]), 1100)
         await idle.wait_all_open()
-        sender = asyncio.create_task(publish(broker.host, broker.port, messages))
-        scrapes: list[float] = []
-        deadline = time.monotonic() + 8
-        while time.monotonic() < deadline or not sender.done():
-            started = time.monotonic()
-            status, _ = await asyncio.to_thread(get_sync, f"{gw.url}/metrics", 5.0)
-            scrapes.append(time.monotonic() - started)
-            assert status == 200
-            await asyncio.sleep(0.2)
-        await sender
+        scrapes = await time_scrapes_while(gw.url, publish(broker.host, broker.port, messages))
         opened = idle.stop()
-        await eventually(holds_all(gw.data_dir, keys_of(messages)), interval_s=0.2)
-        peak = gw.peak_rss_bytes
-        assert await gw.terminate() == 0
+        peak = await stored_and_stopped(gw, keys_of(messages))
     finally:
         if idle is not None:
             idle.stop()
@@ -442,10 +431,7 @@ async def test_a_filter_denied_by_acl_is_named_within_the_threshold(
 
         await eventually(named, timeout_s=30, interval_s=0.1, message="secret named")
         detected = time.monotonic() - subscribed_at
-        await stream.wait_all_acked()
-        await eventually(holds_all(gw.data_dir, keys_of(messages)), interval_s=0.2)
-        peak = gw.peak_rss_bytes
-        assert await gw.terminate() == 0
+        peak = await stored_and_stopped(gw, keys_of(messages), stream)
     finally:
         if stream is not None:
             stream.close()
@@ -508,9 +494,7 @@ async def test_a_frozen_broker_is_named_by_readyz_and_nothing_is_lost(
 
         await eventually(ready_again, timeout_s=30, interval_s=0.05)
         recovery = time.monotonic() - thawed_at
-        await eventually(holds_all(gw.data_dir, sent), interval_s=0.2)
-        peak = gw.peak_rss_bytes
-        assert await gw.terminate() == 0
+        peak = await stored_and_stopped(gw, sent)
     finally:
         gw.cleanup()
     missing, duplicates, summary = accounting(stored(gw.data_dir), sent)

@@ -20,11 +20,11 @@ from gateway.config import HttpConfig
 from gateway.http import FD_HEADROOM, HttpServer, connection_cap
 from tests.support.broker import Broker
 from tests.support.gateway import fleet, read_lines
-from tests.support.idle_flood import IdleFlood
+from tests.support.idle_flood import IdleFlood, time_scrapes_while
 from tests.support.poll import eventually
 from tests.support.process import GatewayProcess
 from tests.support.publish import publish
-from tests.support.scrape import get, get_sync
+from tests.support.scrape import get
 
 
 @contextlib.asynccontextmanager
@@ -161,7 +161,8 @@ async def test_1100_idle_connections_under_a_1024_file_limit_do_not_stop_metrics
         await gw.ready()
         flood = IdleFlood(int(gw.url.rsplit(":", 1)[1]), 1100)
         await flood.wait_all_open()
-        scrapes = await publish_and_scrape(gw, broker, unique, readings=3000)
+        messages = fleet(unique, devices=30, per_device=100)  # 3,000
+        scrapes = await time_scrapes_while(gw.url, publish(broker.host, broker.port, messages))
         opened = flood.stop()
         assert max(scrapes) < 1.0, f"/metrics took {max(scrapes):.3f}s ({len(scrapes)} scrapes)"
         await eventually(
@@ -179,22 +180,3 @@ async def test_1100_idle_connections_under_a_1024_file_limit_do_not_stop_metrics
     assert "Too many open files" not in log
     assert "out of system resource" not in log
     assert "Traceback" not in log
-
-
-async def publish_and_scrape(
-    gw: GatewayProcess, broker: Broker, unique: str, readings: int
-) -> list[float]:
-    """Publish `readings` while timing /metrics every 0.2 s (for at least 8 s): the times."""
-    sender = asyncio.create_task(
-        publish(broker.host, broker.port, fleet(unique, devices=30, per_device=readings // 30))
-    )
-    times = []
-    deadline = time.monotonic() + 8
-    while time.monotonic() < deadline or not sender.done():
-        started = time.monotonic()
-        status, _ = await asyncio.to_thread(get_sync, f"{gw.url}/metrics", 5.0)
-        times.append(time.monotonic() - started)
-        assert status == 200
-        await asyncio.sleep(0.2)
-    await sender
-    return times

@@ -14,7 +14,12 @@ import resource
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
+
+from tests.support.scrape import get_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,6 +84,26 @@ class IdleFlood:
         out, _ = self.proc.communicate(timeout=30)
         totals = [int(x.split()[1]) for x in out.splitlines() if x.startswith("total")]
         return totals[-1] if totals else 0
+
+
+async def time_scrapes_while(
+    base_url: str, work: Coroutine[Any, Any, object], at_least_s: float = 8.0
+) -> list[float]:
+    """Run `work` (e.g. a publish) while timing GET /metrics every 0.2 s, for as long as it
+    runs and at least `at_least_s`; each must answer 200. The times, in seconds."""
+    task = asyncio.create_task(work)
+    times = []
+    deadline = time.monotonic() + at_least_s
+    try:
+        while time.monotonic() < deadline or not task.done():
+            started = time.monotonic()
+            status, _ = await asyncio.to_thread(get_sync, f"{base_url}/metrics", 5.0)
+            times.append(time.monotonic() - started)
+            assert status == 200, f"/metrics answered {status}"
+            await asyncio.sleep(0.2)
+    finally:
+        await task
+    return times
 
 
 def main() -> None:

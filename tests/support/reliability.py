@@ -22,8 +22,26 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ledger import Key, holds_all
+from tests.support.poll import eventually
+from tests.support.process import GatewayProcess
+from tests.support.publish import Stream
+
 BEGIN = "<!-- reliability:begin (written by `make faults`; do not edit by hand) -->"
 END = "<!-- reliability:end -->"
+
+
+async def stored_and_stopped(
+    gw: GatewayProcess, sent: set[Key], stream: Stream | None = None, timeout_s: float = 120
+) -> int:
+    """The end of a case: the stream all acked by the broker, every key sent on disk, the
+    gateway stopped (it must drain and exit 0). Its peak RSS."""
+    if stream is not None:
+        await stream.wait_all_acked(timeout_s=timeout_s)
+    await eventually(holds_all(gw.data_dir, sent), timeout_s=timeout_s, interval_s=0.1)
+    peak = gw.peak_rss_bytes
+    assert await gw.terminate() == 0, gw.log[-3000:]
+    return peak
 
 
 @dataclass
