@@ -139,7 +139,13 @@ async def test_broker_restart_x10_with_persistence_loses_nothing(
             recoveries,
             "broker up to gateway ready",
             peak,
-            "Mosquitto 2.0.11, `autosave_interval 1`",
+            "Mosquitto 2.0.11, `autosave_interval 1`"
+            + (
+                "; after a SIGKILL it restores its last save, up to 1 s old, and sends again "
+                "what was acked since: the duplicates vary from run to run"
+                if how == "SIGKILL"
+                else ""
+            ),
         )
     )
     assert under_load, "the restarts came while the stream was still publishing"
