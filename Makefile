@@ -15,8 +15,8 @@ FLOOR_TESTS ?= tests/test_decode_json.py tests/test_decode_senml.py tests/test_d
 	tests/test_e2e_source.py tests/test_e2e_protocols.py tests/test_e2e_tls.py \
 	tests/test_compaction.py tests/test_compaction_readers.py tests/test_audit.py tests/test_top.py
 
-.PHONY: help install install-demo system-deps test test-floors lint run demo bench bench-compaction \
-	bench-decode clean
+.PHONY: help install install-demo system-deps test test-floors faults lint run demo bench \
+	bench-compaction bench-decode clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,10 @@ test-floors: system-deps install ## the lowest dependency versions pyproject all
 	$(BIN)/uv venv -q --allow-existing -p $(BIN)/python $(FLOORS)
 	$(BIN)/uv pip install -q -p $(FLOORS)/bin/python --resolution lowest-direct -e '.[dev,demo]'
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider $(FLOOR_TESTS)
+
+faults: system-deps install ## the reliability matrix (~4 min): writes benchmarks/RELIABILITY.md (+ results/reliability.json) and README's table
+	$(BIN)/pytest -q -m faults --reliability-report=benchmarks/RELIABILITY.md tests
+	$(BIN)/python -m tests.support.reliability benchmarks/RELIABILITY.md README.md
 
 lint: install ## ruff (lint and format) and mypy
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -3,19 +3,35 @@ rejections to the dead-letter channel."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from gateway.channel import Channel
 from gateway.config import GatewayConfig, SubscriptionConfig
 from gateway.decode import SubscriptionDecoders
+from gateway.distinct import DistinctCount
 from gateway.errors import DecodeError
 from gateway.metrics import GatewayMetrics
-from gateway.model import Envelope, Inbound, Reading, Rejection
+from gateway.model import Envelope, Inbound, Reading, Rejection, rejection_of
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Lanes:
+    """A decoded burst, per worker: its readings (those QoS 0 ones that may be dropped apart),
+    and the bytes of the messages each lane keeps alive (the channels are bounded in bytes)."""
+
+    routed: list[list[Reading]]
+    routed_bytes: list[int]
+    droppable: list[list[Reading]]
+    droppable_bytes: list[int]
+    rejections: list[Rejection] = field(default_factory=list)
+    rejected_bytes: int = 0
+    items: int = 0
+    filtered: int = 0  # messages a mapping read to nothing it keeps (no_metrics = "drop")
 
 
 class Admission:
@@ -35,14 +51,12 @@ class Admission:
         metrics: GatewayMetrics,
         shards: list[Channel[Reading]],
         rejects: Channel[Rejection],
-        devices: set[str],
-        max_devices: int,
+        devices: DistinctCount,
     ) -> None:
         self._metrics = metrics
         self._shards = shards
         self._rejects = rejects
         self._devices = devices
-        self._max_devices = max_devices
         self._warned: set[str] = set()
         self._left_out_before = 0  # values left out by decoders a reload replaced
         self.reconfigure(config)
@@ -61,7 +75,6 @@ class Admission:
         self._decoders = decoders
         self._decode = decoders.single or decoders
         self._drop_qos0 = config.pipeline.qos0_policy == "drop_oldest"
-        self._max_payload_bytes = config.limits.max_payload_bytes
         self._kept_bytes = config.dead_letter.max_payload_bytes
 
     def _values_left_out(self) -> int:
@@ -74,106 +87,108 @@ class Admission:
         received_at = time.time()
         decoded = [self._decode_burst(burst, received_at) for burst in bursts]
         m = self._metrics
-        items = sum(d[3] for d in decoded)
-        # Messages a mapping read to nothing it keeps (no_metrics = "drop"): received, dropped.
-        filtered = sum(d[4] for d in decoded)
+        items = sum(lanes.items for lanes in decoded)
+        filtered = sum(lanes.filtered for lanes in decoded)
         m.readings_received.inc(items + filtered)
         m.in_flight.inc(items)
         if filtered:
             m.dropped["filtered"].inc(filtered)
-        for burst, (routed, droppable, rejections, _, _) in zip(bursts, decoded, strict=True):
-            await self._route(burst, routed, droppable, rejections)
+        for burst, lanes in zip(bursts, decoded, strict=True):
+            await self._route(burst, lanes)
 
-    def _decode_burst(
-        self, burst: Inbound, received_at: float
-    ) -> tuple[list[list[Reading]], list[list[Reading]], list[Rejection], int, int]:
-        """(readings per worker, droppable readings per worker, rejections, items, filtered)."""
+    def _decode_burst(self, burst: Inbound, received_at: float) -> _Lanes:
         decode = self._decode
-        shards = self._shards
-        n_shards = len(shards)
-        routed: list[list[Reading]] = [[] for _ in range(n_shards)]
-        droppable: list[list[Reading]] = [[] for _ in range(n_shards)]
-        rejections: list[Rejection] = []
-        devices = self._devices
-        track_devices = len(devices) < self._max_devices
+        n_shards = len(self._shards)
+        lanes = _Lanes(
+            [[] for _ in range(n_shards)],
+            [0] * n_shards,
+            [[] for _ in range(n_shards)],
+            [0] * n_shards,
+        )
+        seen: set[str] = set()
         drop_qos0 = self._drop_qos0
-        items = 0
-        filtered = 0  # messages a mapping read to nothing it keeps (no_metrics = "drop")
+        items = filtered = 0
         for topic, payload, qos in zip(burst.topics, burst.payloads, burst.qos, strict=True):
             try:
                 readings = decode(topic, payload, received_at)
             except DecodeError as exc:
-                rejections.append(
-                    self._rejection(topic, payload, exc.reason, exc.detail, received_at)
-                )
+                self._reject(lanes, topic, payload, exc.reason, exc.detail, received_at)
                 items += 1
                 continue
             except Exception as exc:
-                rejections.append(self._internal_error(topic, payload, exc, received_at))
+                self._internal_error(lanes, topic, payload, exc, received_at)
                 items += 1
                 continue
             if not readings:
                 filtered += 1
                 continue
+            size = len(topic) + len(payload)
             # Under drop_oldest, QoS 0 readings never wait: they may be dropped instead.
-            lanes = droppable if (drop_qos0 and qos == 0) else routed
-            if n_shards == 1:
-                lanes[0] += readings
-                if track_devices:
-                    for reading in readings:
-                        devices.add(reading.device_id)
+            if drop_qos0 and qos == 0:
+                lane, lane_bytes = lanes.droppable, lanes.droppable_bytes
             else:
+                lane, lane_bytes = lanes.routed, lanes.routed_bytes
+            if n_shards == 1:
+                lane[0] += readings
+                lane_bytes[0] += size
+                for reading in readings:
+                    seen.add(reading.device_id)
+            else:
+                touched = -1
                 for reading in readings:
                     device = reading.device_id
-                    if track_devices:
-                        devices.add(device)
-                    lanes[hash(device) % n_shards].append(reading)
+                    seen.add(device)
+                    index = hash(device) % n_shards
+                    lane[index].append(reading)
+                    # A message's bytes count in each lane it reaches (again when its readings
+                    # alternate between lanes: an overcount only bounds the channel sooner).
+                    if index != touched:
+                        touched = index
+                        lane_bytes[index] += size
             items += len(readings)
-        return routed, droppable, rejections, items, filtered
+        self._devices.update(seen)
+        lanes.items, lanes.filtered = items, filtered
+        return lanes
 
-    async def _route(
-        self,
-        burst: Inbound,
-        routed: list[list[Reading]],
-        droppable: list[list[Reading]],
-        rejections: list[Rejection],
-    ) -> None:
+    async def _route(self, burst: Inbound, lanes: _Lanes) -> None:
         """Put a decoded burst on the channels; each envelope holds a part of its ack."""
         m = self._metrics
-        shards = self._shards
         ack = burst.ack
-        if rejections:
-            await self._rejects.put(Envelope(rejections, ack.hold()))
-        for shard, lane, spare in zip(shards, routed, droppable, strict=True):
+        if lanes.rejections:
+            await self._rejects.put(
+                Envelope(lanes.rejections, ack.hold(), nbytes=lanes.rejected_bytes)
+            )
+        for n, (shard, lane, spare) in enumerate(
+            zip(self._shards, lanes.routed, lanes.droppable, strict=True)
+        ):
             if spare:
-                for victim in shard.put_dropping(Envelope(spare, ack.hold(), droppable=True)):
+                spare_envelope = Envelope(
+                    spare, ack.hold(), droppable=True, nbytes=lanes.droppable_bytes[n]
+                )
+                for victim in shard.put_dropping(spare_envelope):
                     m.dropped["queue_full"].inc(len(victim.body))
                     m.in_flight.dec(len(victim.body))
                     victim.ack.release()
             if lane:
-                await shard.put(Envelope(lane, ack.hold()))
+                await shard.put(Envelope(lane, ack.hold(), nbytes=lanes.routed_bytes[n]))
         ack.release()  # the burst's own part: now only the envelopes hold it
 
-    def _rejection(
-        self, topic: str, payload: bytes, reason: str, detail: str, received_at: float
-    ) -> Rejection:
-        if len(payload) <= self._max_payload_bytes:
-            return Rejection(topic, payload, reason, detail, received_at)
-        # An oversized payload is released at once: the record keeps a prefix, its size and a
-        # digest, so it can be recognised without holding (or storing) all of it.
-        return Rejection(
-            topic,
-            payload[: self._kept_bytes],
-            reason,
-            detail,
-            received_at,
-            payload_bytes=len(payload),
-            payload_sha256=hashlib.sha256(payload).hexdigest(),
-        )
+    def _reject(  # noqa: PLR0917 - the Rejection's own fields, in its order
+        self,
+        lanes: _Lanes,
+        topic: str,
+        payload: bytes,
+        reason: str,
+        detail: str,
+        received_at: float,
+    ) -> None:
+        rejection = rejection_of(topic, payload, reason, detail, received_at, self._kept_bytes)
+        lanes.rejections.append(rejection)
+        lanes.rejected_bytes += len(topic) + len(rejection.payload)
 
     def _internal_error(
-        self, topic: str, payload: bytes, exc: Exception, received_at: float
-    ) -> Rejection:
+        self, lanes: _Lanes, topic: str, payload: bytes, exc: Exception, received_at: float
+    ) -> None:
         name = type(exc).__name__
         if name not in self._warned:
             self._warned.add(name)
@@ -183,6 +198,4 @@ class Admission:
                 name,
                 exc_info=exc,
             )
-        return self._rejection(
-            topic, payload, "internal_error", f"decoder raised {name}", received_at
-        )
+        self._reject(lanes, topic, payload, "internal_error", f"decoder raised {name}", received_at)

@@ -18,16 +18,20 @@ class ChannelClosedError(Exception):
 class Channel(Generic[T]):
     """A bounded FIFO of envelopes between two steps; producers wait when it is full.
 
-    Capacity counts values (readings or rejections), not envelopes, and an envelope is never
-    split: it goes in when it fits, or when the channel is empty (so one larger than the whole
-    capacity still moves). After `close()`, consumers get what is left and then an empty batch,
-    which means "done".
+    Full means `capacity` values (readings or rejections) or `max_bytes` bytes (what the
+    envelopes keep alive, `Envelope.nbytes`), whichever comes first: a count alone lets a few
+    thousand large payloads take hundreds of MB. An envelope is never split: it goes in when it
+    fits, or when the channel is empty (so one larger than either bound still moves). After
+    `close()`, consumers get what is left and then an empty batch, which means "done".
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int | None = None) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._byte_limit = max_bytes if max_bytes is not None else float("inf")
         self._envelopes: deque[Envelope[T]] = deque()
         self._values = 0
+        self._bytes = 0
         self._closed = False
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
@@ -38,6 +42,11 @@ class Channel(Generic[T]):
         return self._values
 
     @property
+    def nbytes(self) -> int:
+        """Bytes the waiting envelopes keep alive."""
+        return self._bytes
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -46,21 +55,25 @@ class Channel(Generic[T]):
         """Closed and empty: the consumer is done."""
         return self._closed and not self._envelopes
 
-    def _fits(self, size: int) -> bool:
-        return not self._envelopes or self._values + size <= self.capacity
+    def _fits(self, size: int, nbytes: int) -> bool:
+        return not self._envelopes or (
+            self._values + size <= self.capacity and self._bytes + nbytes <= self._byte_limit
+        )
 
     async def put(self, envelope: Envelope[T]) -> None:
         """Append one envelope, waiting for room; order is kept."""
         size = len(envelope.body)
+        nbytes = envelope.nbytes
         while True:
             if self._closed:
                 raise ChannelClosedError("channel closed")
-            if self._fits(size):
+            if self._fits(size, nbytes):
                 break
             self._writable.clear()
             await self._writable.wait()
         self._envelopes.append(envelope)
         self._values += size
+        self._bytes += nbytes
         self._readable.set()
 
     def put_dropping(self, envelope: Envelope[T]) -> list[Envelope[T]]:
@@ -77,20 +90,23 @@ class Channel(Generic[T]):
             dropped.append(Envelope(envelope.body[:excess], envelope.ack.hold(), droppable=True))
             envelope.body = envelope.body[excess:]
         size = len(envelope.body)
-        if not self._fits(size):
+        nbytes = envelope.nbytes
+        if not self._fits(size, nbytes):
             kept: deque[Envelope[T]] = deque()
             for queued in self._envelopes:
-                if queued.droppable and not self._fits(size):
+                if queued.droppable and not self._fits(size, nbytes):
                     dropped.append(queued)
                     self._values -= len(queued.body)
+                    self._bytes -= queued.nbytes
                 else:
                     kept.append(queued)
             self._envelopes = kept
-            if not self._fits(size):
+            if not self._fits(size, nbytes):
                 dropped.append(envelope)
                 return dropped
         self._envelopes.append(envelope)
         self._values += size
+        self._bytes += nbytes
         self._readable.set()
         return dropped
 
@@ -116,11 +132,14 @@ class Channel(Generic[T]):
         first = envelopes.popleft()
         batch = [first]
         taken = len(first.body)
+        nbytes = first.nbytes
         while envelopes and taken + len(envelopes[0].body) <= max_values:
             envelope = envelopes.popleft()
             batch.append(envelope)
             taken += len(envelope.body)
+            nbytes += envelope.nbytes
         self._values -= taken
+        self._bytes -= nbytes
         self._writable.set()
         return batch
 

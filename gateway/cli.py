@@ -8,6 +8,7 @@ import functools
 import gc
 import json
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -258,11 +259,29 @@ def main(argv: list[str] | None = None, early_hangups: EarlyHangups | None = Non
         print_problems(exc)
         return EXIT_CONFIG
     setup_logging(config.logging.level, config.logging.format)
+    raise_file_limit()
     load = functools.partial(resolve_config, args)  # a reload reads the same file and flags
     if args.processes > 1:
         worker_main = functools.partial(run_worker, args)
         return run_supervised(config, args.processes, load, worker_main, early)
     return run_gateway(config, load, early=early)
+
+
+def raise_file_limit() -> None:
+    """Raise the soft limit on open files to the hard limit (workers inherit it).
+
+    The soft limit is often 1024 while the hard one is far higher; the HTTP server keeps its
+    connections below the soft limit minus what the sinks need (http.FD_HEADROOM), so a higher
+    limit is room, and a low hard limit still cannot be exhausted by clients.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-file limit from %d to %d: %s", soft, hard, exc)
+            return
+        log.debug("open-file limit raised from %d to %d", soft, hard)
 
 
 def run_supervised(

@@ -115,10 +115,12 @@ class MqttSourceConfig(_Part):
     reconnect_min_s: float = Field(0.5, gt=0, description="First reconnect delay (then doubles).")
     reconnect_max_s: float = Field(30.0, gt=0, description="Cap of the reconnect delay.")
     stall_timeout_s: float = Field(
-        0,
+        300.0,
         ge=0,
-        description="Connected and subscribed but no message for this long: not ready, logged, "
-        "counted. 0 disables (set it when devices report steadily).",
+        description="A subscription with no message for this long while subscribed is silent: "
+        "/readyz fails naming it, it is logged and counted (an ACL that denies a filter, or a "
+        "frozen broker, shows only as silence). Set it above the longest quiet spell of the "
+        "busiest subscription's devices; 0 disables.",
     )
     max_buffered_messages: int = Field(
         2000,
@@ -139,7 +141,8 @@ class MqttSourceConfig(_Part):
         description="MQTT 5: the largest packet the broker may send us (Maximum Packet Size). The "
         "broker discards larger messages without sending them (they cannot be dead-lettered), so "
         "keep it well above limits.max_payload_bytes: payloads in between arrive and are "
-        "dead-lettered as payload_too_large. MQTT 3.1.1 has no such limit.",
+        "dead-lettered as payload_too_large. MQTT 3.1.1 has no such limit: bound it at the "
+        "broker (Mosquitto: message_size_limit).",
     )
     subscriptions: tuple[SubscriptionConfig, ...] = Field(
         (SubscriptionConfig(),), min_length=1, description="What to subscribe to."
@@ -151,6 +154,14 @@ class MqttSourceConfig(_Part):
         if not SAFE_NAME.match(value):
             raise ValueError("use 1-128 of A-Z a-z 0-9 . _ - (it names files), starting alnum")
         return value
+
+    @model_validator(mode="after")
+    def _subscriptions_named_once(self) -> MqttSourceConfig:
+        labels = [sub.label(index) for index, sub in enumerate(self.subscriptions)]
+        twice = sorted({label for label in labels if labels.count(label) > 1})
+        if twice:
+            raise ValueError(f"subscriptions: each needs its own name (or index): {twice}")
+        return self
 
     @model_validator(mode="after")
     def _one_password_source(self) -> MqttSourceConfig:
@@ -255,6 +266,13 @@ class PipelineConfig(_Part):
     channel_capacity: int = Field(
         4096, ge=1, description="Readings each bounded channel holds before it pushes back."
     )
+    channel_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes each bounded channel holds before it pushes back, whichever of the "
+        "two bounds comes first: the topics and payloads of the messages its readings came from "
+        "(a reading keeps its payload until it is written, for a dead-letter record).",
+    )
     processing_timeout_s: float = Field(
         1.0, gt=0, description="A reading not through all steps by then is dead-lettered."
     )
@@ -298,20 +316,52 @@ class DeadLetterConfig(_Part):
     """How rejected messages are stored (under <data_dir>/dead-letter/)."""
 
     max_payload_bytes: int = Field(
-        1024 * 1024, ge=0, description="Payload bytes kept per record; longer ones are cut."
+        4096,
+        ge=0,
+        description="Payload bytes kept per record. A longer payload keeps this prefix, its size "
+        "(payload_bytes) and its SHA-256 (payload_sha256); the rest is released as soon as the "
+        "message is rejected, so an oversized flood costs neither memory nor disk.",
     )
 
 
 class HttpConfig(_Part):
-    """The one port for /metrics, /healthz and /readyz."""
+    """The one port for /metrics, /healthz and /readyz, and what a client may do to it."""
 
-    host: str = Field("127.0.0.1", description="Listen address.")
+    host: str = Field(
+        "127.0.0.1",
+        description="Listen address. 0.0.0.0 only where the network in front is trusted or "
+        "the port is needed from outside (a Prometheus in another pod); the limits below hold "
+        "either way.",
+    )
     port: int = Field(9108, ge=0, le=65535, description="Listen port (0 = any free port).")
     reload: bool = Field(
         True,
         description="Answer POST /reload (`gateway reload`): the config is read again from its "
         "file and the environment, never from the request. Turn off where the port is reachable "
         "by others who should not trigger reloads (SIGHUP still works).",
+    )
+    max_connections: int = Field(
+        64,
+        ge=1,
+        description="Connections open at once. Beyond it a new connection replaces the one quiet "
+        "longest (quiet for over a second), else it gets a 503. Also kept 128 below the "
+        "process's file limit, so that clients can never take the descriptors the sinks need.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="A connection must send a request's whole header within this long "
+        "(after connecting, or after its previous request plus idle_timeout_s).",
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="A kept-alive connection idle this long is closed."
+    )
+    max_header_bytes: int = Field(
+        8190, ge=1024, description="Longest request line or header field; longer gets a 400."
+    )
+    max_headers: int = Field(32, ge=1, description="Most header fields in a request.")
+    max_body_bytes: int = Field(
+        1024, ge=0, description="Largest request body (no endpoint takes one); larger gets a 413."
     )
 
 

@@ -75,6 +75,14 @@ ConnectionFailureReason = Literal[
 ]
 CONNECTION_FAILURE_REASONS: tuple[str, ...] = get_args(ConnectionFailureReason)
 
+# Why the metrics port closed a connection or refused a request; counted, so a fixed set.
+HttpRejectReason = Literal[
+    "max_connections",  # over http.max_connections: replaced the quietest, or answered 503
+    "header_timeout",  # no whole request header within http.header_timeout_s
+    "bad_request",  # unparsable, or over a size limit (400, 413); also non-HTTP traffic
+]
+HTTP_REJECT_REASONS: tuple[str, ...] = get_args(HttpRejectReason)
+
 MqttProtocol = Literal["3.1.1", "5"]
 MQTT_PROTOCOLS: tuple[str, ...] = get_args(MqttProtocol)
 

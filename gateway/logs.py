@@ -1,4 +1,4 @@
-"""Log setup: text for people, JSON lines for services."""
+"""Log setup: text for people, JSON lines for services; and the rate limit of repeated lines."""
 
 from __future__ import annotations
 
@@ -63,3 +63,31 @@ def setup_logging(level: str, fmt: str, worker: str = "", stream: TextStream | N
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+
+
+class OncePer:
+    """Lets each kind of log line through once per `interval_s`, counting the ones held back.
+
+    For causes that can repeat thousands of times a second (a broker refusing us, clients
+    sending garbage): the first is logged, then one line per interval says how many more.
+    `kind` must come from a fixed set (a reason code), never from network text.
+    """
+
+    def __init__(self, interval_s: float = 60.0) -> None:
+        self._interval_s = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def allow(self, kind: str) -> int | None:
+        """None: hold this one back (counted). Else let it through: how many were held back
+        since the last one let through."""
+        now = time.monotonic()
+        logged_at, held = self._last.get(kind, (now - self._interval_s, 0))
+        if now - logged_at < self._interval_s:
+            self._last[kind] = (logged_at, held + 1)
+            return None
+        self._last[kind] = (now, 0)
+        return held
+
+    def forget(self) -> None:
+        """Let the next line of every kind through."""
+        self._last.clear()

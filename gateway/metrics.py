@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 from prometheus_client.core import (
@@ -21,11 +23,15 @@ from gateway.errors import (
     CONNECTION_FAILURE_REASONS,
     DELETE_REASONS,
     DROP_REASONS,
+    HTTP_REJECT_REASONS,
     MQTT_PROTOCOLS,
     REJECT_REASONS,
     WRITE_ERROR_REASONS,
 )
 from gateway.sensor_values import SensorValues
+
+if TYPE_CHECKING:
+    from gateway.channel import Channel
 
 # Fine below 25 ms, where the latency target (p99 <= 10 ms) lives; coarse up to a minute for
 # device clocks that are off.
@@ -91,6 +97,18 @@ class GatewayMetrics:
         )
         self._channel_capacity = Gauge(
             "gateway_channel_capacity", "Capacity of a channel.", ["channel"], registry=r
+        )
+        self._channel_bytes = Gauge(
+            "gateway_channel_bytes",
+            "Message bytes (topics and payloads) the items waiting in a channel keep alive.",
+            ["channel"],
+            registry=r,
+        )
+        self._channel_max_bytes = Gauge(
+            "gateway_channel_max_bytes",
+            "Bytes a channel holds before it pushes back (pipeline.channel_max_bytes).",
+            ["channel"],
+            registry=r,
         )
         self.processing_seconds = LoopHistogram(
             "gateway_processing_seconds",
@@ -178,11 +196,20 @@ class GatewayMetrics:
             registry=r,
         )
         self.mqtt_stalls = Counter(
-            "gateway_mqtt_stalls", "Times the stall watchdog found no traffic.", registry=r
+            "gateway_mqtt_stalls",
+            "Times a subscription went silent for longer than mqtt.stall_timeout_s.",
+            registry=r,
         )
         self.mqtt_stalled = Gauge(
             "gateway_mqtt_stalled",
-            "1 while subscribed but silent past stall_timeout_s.",
+            "1 while a subscription has been silent for longer than mqtt.stall_timeout_s.",
+            registry=r,
+        )
+        self._subscription_silence = Gauge(
+            "gateway_subscription_silence_seconds",
+            "Seconds since a message last arrived on this subscription (since the gateway first "
+            "subscribed when none has), by configured name or index.",
+            ["subscription"],
             registry=r,
         )
         reloads = Counter(
@@ -201,11 +228,26 @@ class GatewayMetrics:
             "gateway_devices_seen", "Distinct device ids seen since start.", registry=r
         )
 
-    def track_channel(self, name: str, depth: Callable[[], float], capacity: int) -> None:
-        """Read a channel's depth at scrape time."""
+    def track_channel(self, name: str, channels: Sequence[Channel[Any]]) -> None:
+        """Read the depth of a channel (or of a channel per worker, summed) at scrape time."""
+
+        def depth() -> float:
+            return sum(len(c) for c in channels)
+
         self._depths[name] = depth
         self._channel_depth.labels(name).set_function(depth)
-        self._channel_capacity.labels(name).set(capacity)
+        self._channel_capacity.labels(name).set(sum(c.capacity for c in channels))
+        self._channel_bytes.labels(name).set_function(lambda: sum(c.nbytes for c in channels))
+        self._channel_max_bytes.labels(name).set(sum(c.max_bytes or 0 for c in channels))
+
+    def track_subscription(self, label: str, age: Callable[[], float]) -> None:
+        """Read a subscription's silence (seconds since its last message) at scrape time."""
+        self._subscription_silence.labels(label).set_function(age)
+
+    def untrack_subscription(self, label: str) -> None:
+        """A subscription a reload removed: its series goes."""
+        with contextlib.suppress(KeyError):
+            self._subscription_silence.remove(label)
 
     def count_left_out(self, left_out: Callable[[], int]) -> None:
         """gateway_mapping_values_left_out_total, read from the decoders at scrape time (they
@@ -296,6 +338,22 @@ class LoopHistogram(Collector):
         return [family]
 
 
+class HttpMetrics:
+    """The metrics port's own (a gateway's or the supervisor's): connections and refusals."""
+
+    def __init__(self, registry: CollectorRegistry, open_connections: Callable[[], float]) -> None:
+        rejected = Counter(
+            "gateway_http_rejected",
+            "Connections the metrics port closed, or requests it refused, by cause.",
+            ["reason"],
+            registry=registry,
+        )
+        self.rejected = {reason: rejected.labels(reason) for reason in HTTP_REJECT_REASONS}
+        Gauge(
+            "gateway_http_connections", "Connections open to the metrics port.", registry=registry
+        ).set_function(open_connections)
+
+
 class SupervisorMetrics:
     """The supervisor's own metrics, beside the workers' merged ones."""
 
@@ -309,12 +367,18 @@ class SupervisorMetrics:
         )
 
 
+# Merged as the least value over the workers, not the sum: a shared subscription one worker
+# hears from is not silent.
+LEAST_ACROSS_WORKERS = frozenset({"gateway_subscription_silence_seconds"})
+
+
 class MergedWorkers(Collector):
     """The sum of several worker gateways' metrics, for `gateway run --processes N`.
 
     Each worker is a whole gateway with its own registry and port; the supervisor scrapes them
     and this re-exposes one view: counters, gauges and histogram buckets summed per label set
-    (so `gateway_mqtt_connected` counts connected workers), `*_info` kept once. Texts are cached
+    (so `gateway_mqtt_connected` counts connected workers), `*_info` kept once, a subscription's
+    silence the least over the workers. Texts are cached
     by the supervisor's poll, so a scrape never waits on a worker.
     """
 
@@ -332,8 +396,10 @@ class MergedWorkers(Collector):
         sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
         for text in list(self._texts.values()):
             for family in text_string_to_metric_families(text):
-                if family.name.startswith(("process_", "python_")):
-                    continue  # per process; summing them says nothing
+                if family.name.startswith(("process_", "python_", "gateway_http_")):
+                    # Per process (the supervisor's own port reports its own gateway_http_*):
+                    # summing them says nothing.
+                    continue
                 merged = families.setdefault(
                     family.name, Metric(family.name, family.documentation, family.type)
                 )
@@ -344,6 +410,8 @@ class MergedWorkers(Collector):
                     key = (s.name, tuple(sorted(s.labels.items())))
                     if family.type == "info" or s.name.endswith("_info"):
                         acc[key] = max(acc.get(key, 0.0), s.value)
+                    elif s.name in LEAST_ACROSS_WORKERS:
+                        acc[key] = min(acc.get(key, s.value), s.value)
                     else:
                         acc[key] = acc.get(key, 0.0) + s.value
         for name, metric in families.items():

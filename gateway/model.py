@@ -8,6 +8,7 @@ something that holds it, so it cannot be part of a cycle and the collector may s
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections.abc import Callable
@@ -97,6 +98,28 @@ class Rejection(msgspec.Struct, gc=False):
     payload_sha256: str | None = None
 
 
+def rejection_of(  # noqa: PLR0917 - the Rejection's own fields, in its order
+    topic: str, payload: bytes, reason: str, detail: str, received_at: float, keep_bytes: int
+) -> Rejection:
+    """A Rejection that holds at most `keep_bytes` of the payload.
+
+    A longer payload keeps its prefix, its size and its SHA-256 (so it can be recognised, e.g.
+    against what a device says it sent), and the rest is released at once: an oversized message
+    neither stays in memory while it waits for the dead-letter file nor fills that file.
+    """
+    if len(payload) <= keep_bytes:
+        return Rejection(topic, payload, reason, detail, received_at)
+    return Rejection(
+        topic,
+        payload[:keep_bytes],
+        reason,
+        detail,
+        received_at,
+        payload_bytes=len(payload),
+        payload_sha256=hashlib.sha256(payload).hexdigest(),
+    )
+
+
 class Inbound:
     """A burst of broker messages, as one read of the socket delivered them, in arrival order.
 
@@ -166,18 +189,22 @@ class Envelope(Generic[T]):
     """Values in flight (a batch) plus the ack of the burst they came from.
 
     `ack.release()` must be called exactly once, when every value is durable or deliberately
-    dropped. `droppable` marks QoS 0 values that the drop_oldest policy may discard.
+    dropped. `droppable` marks QoS 0 values that the drop_oldest policy may discard. `nbytes` is
+    what the values keep alive: the topic and payload bytes of the messages they came from (a
+    reading holds its message's payload until it is written, for a later dead-letter record), so
+    that channels can be bounded in bytes as well as in values.
     """
 
-    __slots__ = ("ack", "body", "droppable")
+    __slots__ = ("ack", "body", "droppable", "nbytes")
 
-    def __init__(self, body: list[T], ack: Ack, droppable: bool = False) -> None:
+    def __init__(self, body: list[T], ack: Ack, droppable: bool = False, nbytes: int = 0) -> None:
         self.body = body
         self.ack = ack
         self.droppable = droppable
+        self.nbytes = nbytes
 
     def __len__(self) -> int:
         return len(self.body)
 
     def __repr__(self) -> str:
-        return f"Envelope({len(self.body)} values, droppable={self.droppable})"
+        return f"Envelope({len(self.body)} values, {self.nbytes} bytes, droppable={self.droppable})"

@@ -153,14 +153,16 @@ class Stage:
         """Hand the kept readings to the store and the rejected to the dead-letter sink; each new
         envelope holds a part of the burst's ack, and the one taken from the inbox lets go."""
         ack = envelope.ack
+        # Both parts may keep any of the envelope's payloads alive: each weighs as the whole.
+        nbytes = envelope.nbytes
         if kept:
-            await self._store.put(Envelope(kept, ack.hold()))
+            await self._store.put(Envelope(kept, ack.hold(), nbytes=nbytes))
         if rejected:
             records = [
                 Rejection(r.topic, r.payload, reason, detail, r.received_at)
                 for r, reason, detail in rejected
             ]
-            await self._rejects.put(Envelope(records, ack.hold()))
+            await self._rejects.put(Envelope(records, ack.hold(), nbytes=nbytes))
         ack.release()
 
     def _warn(self, exc: Exception) -> None:

@@ -20,6 +20,9 @@ from gateway.model import METRIC_NAME, UNIT_NAME
 from gateway.presets import PRESETS
 from gateway.topics import TopicTemplate, derive_filter, filter_mismatch, filter_wider, unshared
 
+# A subscription's name labels metrics: a safe name, as a client id.
+_LABEL_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
 BUILTIN_FORMATS = ("json", "senml", "bare")
 MAPPING_FORMAT = "mapping"
 FORMAT_NAMES: tuple[str, ...] = (*BUILTIN_FORMATS, MAPPING_FORMAT, *PRESETS)
@@ -292,6 +295,11 @@ class MappingConfig(_Frozen):
 class SubscriptionConfig(_Frozen):
     """One topic filter, what its payloads look like and how its topic levels are named."""
 
+    name: str = Field(
+        "",
+        description="Names the subscription in metrics (the `subscription` label), logs and "
+        "/readyz; its index (0, 1, ...) when empty.",
+    )
     filter: str = Field(
         "",
         description="MQTT topic filter; `$share/<group>/<filter>` for a shared subscription. "
@@ -319,6 +327,17 @@ class SubscriptionConfig(_Frozen):
         description="format = mapping: the whole mapping; with a preset: fields that override "
         "the preset's.",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _label_value(cls, value: str) -> str:
+        if value and not _LABEL_VALUE.fullmatch(value):
+            raise ValueError("use 1-128 of A-Z a-z 0-9 . _ - (it labels metrics), starting alnum")
+        return value
+
+    def label(self, index: int) -> str:
+        """The `subscription` label: the configured name, else the index."""
+        return self.name or str(index)
 
     @field_validator("template")
     @classmethod

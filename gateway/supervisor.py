@@ -142,7 +142,7 @@ class Supervisor:
             before_metrics=self._refresh_metrics,
             seal=self._seal,
             reload=self.reload,
-            about=self._about,
+            details=self._about,
         )
         self._stop = asyncio.Event()
 

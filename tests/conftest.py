@@ -11,13 +11,23 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import Broker
+from tests.support.leftovers import pytest_addoption as leftovers_options
 
 # The run fails if a test leaves a process running (see tests/support/leftovers.py).
 from tests.support.leftovers import (  # noqa: F401
-    pytest_addoption,
     pytest_configure,
     pytest_sessionfinish,
 )
+
+# The reliability matrix's rows (`make faults`), written at the end with --reliability-report.
+from tests.support.reliability import pytest_addoption as reliability_options
+from tests.support.reliability import reliability  # noqa: F401
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    leftovers_options(parser)
+    reliability_options(parser)
+
 
 _unique = itertools.count()
 

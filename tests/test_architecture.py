@@ -13,9 +13,10 @@ GATEWAY = ROOT / "gateway"
 LAYER = {
     "_version": 0, "errors": 0, "model": 0, "config": 0, "logs": 0, "manifest": 0,
     "parent_death": 0, "hangups": 0, "backoff": 0, "reload": 1, "topics": 0, "presets": 0,
-    "decode": 1, "channel": 1, "metrics": 1, "transforms": 1,
+    "decode": 1, "channel": 1, "distinct": 1, "metrics": 1, "transforms": 1,
     "sensor_values": 1, "columnar": 1,
-    "stage": 2, "admit": 2, "sources": 2, "sinks": 2, "http": 2, "compaction": 2, "audit": 2,
+    "stage": 2, "admit": 2, "sources": 2, "sinks": 2, "http": 2, "connections": 2,
+    "compaction": 2, "audit": 2,
     "app": 3,
     "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "demo_terminal": 4, "top": 4,
     "supervisor": 4, "commands": 4, "parse": 4, "subscriptions": 0,

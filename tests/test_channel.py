@@ -1,4 +1,4 @@
-"""Channel: bounded in values, waits when full, hands out batches, drains after close."""
+"""Channel: bounded in values and bytes, waits when full, hands out batches, drains after close."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from gateway.channel import Channel, ChannelClosedError
 from gateway.model import Ack, Envelope
 
 
-def env(*values: str, droppable: bool = False) -> Envelope[str]:
-    return Envelope(list(values), Ack(), droppable=droppable)
+def env(*values: str, droppable: bool = False, nbytes: int = 0) -> Envelope[str]:
+    return Envelope(list(values), Ack(), droppable=droppable, nbytes=nbytes)
 
 
 def values(batch: list[Envelope[str]]) -> list[str]:
@@ -90,3 +90,33 @@ def test_put_dropping_an_envelope_larger_than_the_channel_keeps_its_newest_value
     assert cut.body == ["a", "b"]
     assert len(channel) == 2
     assert big.body == ["c", "d"]
+
+
+async def test_put_waits_while_the_bytes_are_full_though_the_values_are_not() -> None:
+    """Large payloads fill a channel long before its count does: bytes bound it too."""
+    channel: Channel[str] = Channel(1000, max_bytes=100)
+    await channel.put(env("a", nbytes=60))
+    putter = asyncio.create_task(channel.put(env("b", nbytes=60)))
+    done, _ = await asyncio.wait({putter}, timeout=0.1)
+    assert not done, "over max_bytes the producer waits"
+    assert (len(channel), channel.nbytes) == (1, 60)
+    assert values(await channel.get_batch(10)) == ["a"]
+    await asyncio.wait_for(putter, 5)
+    assert channel.nbytes == 60
+    assert values(await channel.get_batch(10)) == ["b"]
+    assert channel.nbytes == 0
+
+
+async def test_an_envelope_over_max_bytes_still_moves_through_an_empty_channel() -> None:
+    channel: Channel[str] = Channel(10, max_bytes=10)
+    await asyncio.wait_for(channel.put(env("huge", nbytes=1000)), 5)
+    assert channel.nbytes == 1000
+    assert values(await channel.get_batch(10)) == ["huge"]
+
+
+def test_put_dropping_makes_room_in_bytes_too() -> None:
+    channel: Channel[str] = Channel(100, max_bytes=100)
+    first = env("a", droppable=True, nbytes=80)
+    assert channel.put_dropping(first) == []
+    assert channel.put_dropping(env("b", droppable=True, nbytes=80)) == [first]
+    assert channel.nbytes == 80

@@ -62,6 +62,7 @@ def test_every_document_parses_and_names_itself() -> None:
         "Service",
         "PodDisruptionBudget",
         "PodMonitor",
+        "NetworkPolicy",
     }
     for path, doc in docs:
         assert doc.get("apiVersion"), path
@@ -84,7 +85,7 @@ def test_core_objects_match_the_kubernetes_api_schema(version: str | None) -> No
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{path.name}: {exc.message} at {'.'.join(map(str, exc.path))}")
         checked.append(doc["kind"])
-    assert len(checked) == 4
+    assert len(checked) == 5
 
 
 def test_the_configmap_config_loads_with_a_shared_subscription(pod_config: GatewayConfig) -> None:
@@ -152,7 +153,22 @@ def test_selectors_of_every_object_match_the_pods() -> None:
         pod_labels.items()
     )
     assert one("PodMonitor")["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    policy = one("NetworkPolicy")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod_labels.items()
     assert pod_labels.items() >= APP.items()
+
+
+def test_only_the_metrics_port_is_open_and_only_to_the_monitoring_namespace(
+    pod_config: GatewayConfig,
+) -> None:
+    """The pod binds 0.0.0.0 (Prometheus scrapes the pod IP): the NetworkPolicy narrows it."""
+    assert pod_config.http.host == "0.0.0.0"
+    policy = one("NetworkPolicy")["spec"]
+    assert policy["policyTypes"] == ["Ingress"], "egress (the broker) is not restricted"
+    (rule,) = policy["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [p["name"] for p in container()["ports"]]
+    (source,) = rule["from"]
+    assert set(source) == {"namespaceSelector"}
 
 
 def test_metrics_are_scraped_by_port_name_with_the_job_the_alerts_expect() -> None:

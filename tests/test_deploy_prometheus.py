@@ -71,6 +71,7 @@ def test_every_alert_says_what_it_is_and_what_to_do() -> None:
         "GatewayDown",
         "BrokerDisconnected",
         "IngestStalled",
+        "SubscriptionSilent",
         "RejectRateHigh",
         "ReadingsDropped",
         "WriteErrors",

@@ -8,170 +8,26 @@ they are counted and shown in the assertion messages.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
-import os
 import re
-import threading
 import time
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
 import pytest_asyncio
-from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
 from gateway.errors import DrainError
 from gateway.hangups import PARENT_DEATH_SIGNAL
 from gateway.sinks.lines import hour_partition
 from tests.support.broker import Broker
-from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
+from tests.support.gateway import make_config, read_lines, running
+from tests.support.ledger import accounting, holds_all, keys_of, open_segments, readings, stored
 from tests.support.poll import eventually
 from tests.support.process import GatewayProcess
-from tests.support.publish import publish
+from tests.support.publish import Stream, publish
 from tests.support.scrape import get, scrape, value
-
-Key = tuple[str, int]
-_publishers = itertools.count()
-
-
-# -- what was sent, what is stored -------------------------------------------------------------
-
-
-def readings(
-    prefix: str, devices: int, seqs: Iterable[int], ts: float | None = None
-) -> list[tuple[str, bytes]]:
-    """One QoS 1 message per (device, seq), interleaved across devices."""
-    return [
-        (topic(prefix, f"dev-{d:04d}"), reading_payload(f"dev-{d:04d}", seq, ts=ts))
-        for seq in seqs
-        for d in range(devices)
-    ]
-
-
-def keys_of(messages: Iterable[tuple[str, bytes]]) -> set[Key]:
-    return {(body["device_id"], body["seq"]) for body in (json.loads(p) for _, p in messages)}
-
-
-def stored(data_dir: Path, include_open: bool = False) -> Counter[Key]:
-    """How often each (device, seq) is in the segments (open ones: complete lines only)."""
-    return Counter((r["device_id"], r["seq"]) for r in read_lines(data_dir, include_open))
-
-
-def holds_all(data_dir: Path, sent: set[Key]) -> Callable[[], bool]:
-    """A predicate for `eventually`: every key sent is on disk (sealed or still open)."""
-
-    def check() -> bool:
-        try:
-            return sent <= stored(data_dir, include_open=True).keys()
-        except FileNotFoundError:  # a segment sealed between the glob and the read
-            return False
-
-    return check
-
-
-def accounting(counts: Counter[Key], sent: set[Key]) -> tuple[set[Key], int, str]:
-    """(missing keys, duplicate lines, a one-line summary for assertion messages)."""
-    missing = sent - counts.keys()
-    duplicates = sum(n - 1 for n in counts.values() if n > 1)
-    summary = (
-        f"{len(sent)} sent, {len(counts)} distinct stored, {len(missing)} missing "
-        f"(e.g. {sorted(missing)[:5]}), {duplicates} duplicate lines"
-    )
-    return missing, duplicates, summary
-
-
-def open_segments(data_dir: Path) -> list[Path]:
-    return sorted(data_dir.glob("**/*.jsonl.open"))
-
-
-# -- a steady publisher that rides out broker restarts ------------------------------------------
-
-
-class Stream:
-    """Publishes QoS 1 messages from a thread at a steady pace until all are PUBACKed.
-
-    paho keeps each message until the broker acknowledges it and sends it again after it
-    reconnects (automatically, in its loop thread), so a stream survives a broker restart;
-    a message the broker stored just before stopping may then reach it twice.
-    """
-
-    def __init__(
-        self,
-        broker: Broker,
-        messages: list[tuple[str, bytes]],
-        per_round: int = 100,
-        pause_s: float = 0.05,
-    ) -> None:
-        self.messages = messages
-        self._per_round = per_round
-        self._pause_s = pause_s
-        self._acked: set[int] = set()
-        self._lock = threading.Lock()
-        self.published = threading.Event()
-        self.error: BaseException | None = None
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"faults-pub-{os.getpid()}-{next(_publishers)}",
-            protocol=mqtt.MQTTv311,
-        )
-        client.max_inflight_messages_set(100)
-        client.max_queued_messages_set(0)  # unbounded: nothing is refused while the broker is away
-        # Typed int, but paho only sleeps on them: sub-second delays keep the outage short.
-        client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
-        client.on_publish = self._on_publish
-        self._client = client
-        self._broker = broker
-        self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
-
-    def start(self) -> Stream:
-        self._client.connect(self._broker.host, self._broker.port, keepalive=30)
-        self._client.loop_start()
-        self._thread.start()
-        return self
-
-    @property
-    def acked(self) -> int:
-        with self._lock:
-            return len(self._acked)
-
-    @property
-    def done(self) -> bool:
-        return self.published.is_set() and self.acked == len(self.messages)
-
-    async def wait_all_acked(self, timeout_s: float = 60) -> None:
-        await eventually(
-            lambda: self.done or self.error is not None,
-            timeout_s=timeout_s,
-            interval_s=0.05,
-            message=f"all {len(self.messages)} PUBACKed by the broker",
-        )
-        assert self.error is None, f"publisher failed: {self.error!r}"
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-        self._thread.join(timeout=10)
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-        with self._lock:
-            self._acked.add(mid)
-
-    def _run(self) -> None:
-        try:
-            for start in range(0, len(self.messages), self._per_round):
-                for topic_, payload in self.messages[start : start + self._per_round]:
-                    self._client.publish(topic_, payload, qos=1)
-                # Pacing, not synchronisation: keeps the stream flowing while a fault is injected.
-                time.sleep(self._pause_s)
-            self.published.set()
-        except BaseException as exc:  # surfaced by wait_all_acked
-            self.error = exc
-
 
 # -- the gateway as a process, as operators run it ----------------------------------------------
 

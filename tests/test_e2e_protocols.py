@@ -7,6 +7,7 @@ import asyncio
 import logging
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
+from gateway.sources.wire import TAKEOVER_WINDOW_S
 from tests.support.broker import Broker, free_port, wait_for_port
 from tests.support.gateway import fleet, make_config, read_lines, running
 from tests.support.poll import eventually
@@ -124,3 +126,88 @@ async def test_two_gateways_with_one_client_id_back_off_and_say_why(
     assert lines, "the takeover is named"
     assert any(f"gw-{unique}" in line for line in lines)
     assert len(lines) <= 4, "logged once per gateway (and per minute), not at every reconnect"
+
+
+# -- each connection failure names its cause, says that it retries, and is counted ------------
+
+
+def failures(gateway: Gateway, reason: str) -> float:
+    return gateway.metrics.sample("gateway_mqtt_connection_failures_total", reason=reason)
+
+
+def broker_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("broker: ")]
+
+
+@pytest.fixture
+def password_broker(tmp_path: Path) -> Iterator[Broker]:
+    """Mosquitto that lets in only user `gateway` with password `right`."""
+    workdir = tmp_path / "mosquitto"
+    workdir.mkdir()
+    passwords = workdir / "passwords"
+    passwords.write_text("")
+    subprocess.run(
+        ["mosquitto_passwd", "-b", str(passwords), "gateway", "right"], check=True, timeout=30
+    )
+    broker = Broker(workdir, anonymous=False, extra_config=f"password_file {passwords}\n")
+    yield broker.start()
+    broker.stop()
+
+
+async def test_a_wrong_password_is_named_and_says_it_retries_forever(
+    password_broker: Broker,
+    tmp_path: Path,
+    unique: str,
+    protocol: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Mosquitto answers a wrong password with "not authorized" (0x87; 3.1.1 code 5)."""
+    caplog.set_level(logging.WARNING)
+    mqtt_section = {"protocol": protocol, "username": "gateway", "password": "wrong"}
+    config = make_config(password_broker, tmp_path, unique, mqtt=mqtt_section)
+    async with running(Gateway(config), connected=False) as gateway:
+        await eventually(lambda: failures(gateway, "refused_not_authorized") >= 3)
+        assert not gateway.checks()["broker_connected"]
+    (line, *more) = broker_warnings(caplog)
+    assert "wrong user name or password" in line
+    assert "it retries until it connects, at most 1s apart" in line
+    assert not more, "logged once (per minute), not at every attempt"
+
+
+async def test_no_connack_within_the_deadline_is_named(
+    tmp_path: Path, unique: str, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Something accepts the TCP connection and never answers MQTT."""
+    caplog.set_level(logging.WARNING)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        mqtt_section = {"protocol": protocol, "connect_timeout_s": 0.5}
+        nobody = Broker(tmp_path / "none", port=port)  # not started: only its address is used
+        config = make_config(nobody, tmp_path, unique, mqtt=mqtt_section)
+        async with running(Gateway(config), connected=False) as gateway:
+            await eventually(lambda: failures(gateway, "connack_timeout") >= 2)
+    (line,) = broker_warnings(caplog)
+    assert f"127.0.0.1:{port}: no CONNACK within 0.5s" in line
+    assert "never answered" in line
+
+
+async def test_a_broker_shutting_down_is_named_and_then_found_down(
+    own_broker: Broker, tmp_path: Path, unique: str, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mosquitto closes without a DISCONNECT reason on SIGTERM (on MQTT 5 too): the log says
+    what that can be, and the next attempt, refused, says the broker is down."""
+    caplog.set_level(logging.WARNING)
+    config = make_config(own_broker, tmp_path, unique, mqtt={"protocol": protocol})
+    async with running(Gateway(config)) as gateway:
+        # Past the window in which a close most likely means a takeover.
+        await asyncio.sleep(TAKEOVER_WINDOW_S + 0.5)
+        assert own_broker.proc is not None
+        own_broker.proc.send_signal(signal.SIGTERM)
+        await eventually(lambda: failures(gateway, "network_error") >= 1)
+        assert failures(gateway, "connection_lost") == 1
+        own_broker.stop()
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "without a reason: it is shutting down or restarting" in text
+    assert "connection refused (is the broker up?)" in text

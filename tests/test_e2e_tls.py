@@ -168,3 +168,26 @@ async def test_plaintext_to_a_tls_port_is_named_as_such(
         await eventually(lambda: gateway.metrics.sample("gateway_mqtt_reconnects_total") >= 1)
         assert not gateway.checks()["broker_connected"]
     assert "a TLS port spoken to without TLS" in caplog.text
+
+
+async def test_a_missing_client_certificate_is_named(
+    tls_broker: Broker,
+    pki: Pki,
+    tmp_path: Path,
+    unique: str,
+    protocol: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker requires a client certificate and we offer none. On MQTT 5 the TLS alert says
+    so; paho (3.1.1) does not pass it on, so the message names it as the likely cause."""
+    tls = {"enabled": True, "ca_file": pki.ca}
+    config = make_config(tls_broker, tmp_path, unique, mqtt={"tls": tls, "protocol": protocol})
+    async with running(Gateway(config), connected=False) as gateway:
+        reason = "tls_error" if protocol == "5" else "connection_lost"
+        await eventually(
+            lambda: (
+                gateway.metrics.sample("gateway_mqtt_connection_failures_total", reason=reason) >= 1
+            )
+        )
+    assert "our client certificate" in caplog.text
+    assert "mqtt.tls.cert_file and key_file" in caplog.text

@@ -22,6 +22,7 @@ from gateway.manifest import read_header
 from gateway.presets import PRESETS
 from tests.support.broker import Broker, free_port
 from tests.support.poll import eventually_sync
+from tests.support.reliability import quoted_table
 from tests.support.scrape import get_sync
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -151,3 +152,10 @@ def test_the_preset_table_lists_every_preset() -> None:
     section = README.split("## Your devices", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `([a-z0-9_]+)` \| ", section, flags=re.MULTILINE)
     assert rows == list(PRESETS)
+
+
+def test_the_reliability_table_is_the_one_make_faults_wrote() -> None:
+    """README quotes benchmarks/RELIABILITY.md between its markers: never by hand."""
+    report = ROOT / "benchmarks" / "RELIABILITY.md"
+    assert quoted_table(ROOT / "README.md") == report.read_text(encoding="utf-8").strip()
+    assert "| lost |" in report.read_text(encoding="utf-8")

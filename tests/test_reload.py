@@ -22,11 +22,11 @@ from gateway.sinks.subscriptions import remembered_subscriptions
 from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, running, topic
 from tests.support.gateway import reading_payload as payload
+from tests.support.ledger import accounting, keys_of, readings, stored
 from tests.support.poll import eventually
 from tests.support.process import ROOT, GatewayProcess
-from tests.support.publish import publish
+from tests.support.publish import Stream, publish
 from tests.support.scrape import get
-from tests.test_e2e_faults import Stream, accounting, keys_of, readings, stored
 
 
 def connects(broker: Broker, client_id: str) -> int:

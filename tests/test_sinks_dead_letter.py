@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
 from gateway.metrics import GatewayMetrics
-from gateway.model import Rejection
+from gateway.model import Rejection, rejection_of
 from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
 from tests.support.poll import eventually
@@ -115,6 +117,33 @@ async def test_binary_payload_is_base64_and_long_payload_is_truncated(tmp_path: 
     assert stored_long["payload_encoding"] == "utf-8"
     assert stored_long["payload_truncated"] is True
     assert stored_long["payload_bytes"] == 100
+    assert stored_long["payload_sha256"] == hashlib.sha256(long).hexdigest(), "the whole's hash"
+
+
+def test_the_default_record_keeps_a_few_kib_of_a_payload_with_its_size_and_hash() -> None:
+    """A rejected 4 MiB payload is cut as soon as it is rejected (rejection_of), and its record
+    keeps the prefix, the full size and the SHA-256: not 1 MiB of it, as it once did."""
+    payload = bytes(range(256)) * 16384  # 4 MiB, not UTF-8
+    cut = rejection_of("t/x", payload, "payload_too_large", "too big", T0, 4096)
+    assert cut.payload == payload[:4096]
+    assert cut.payload_bytes == len(payload)
+    assert cut.payload_sha256 == hashlib.sha256(payload).hexdigest()
+    default = DeadLetterConfig().max_payload_bytes
+    assert 1024 <= default <= 16 * 1024, "a few KiB"
+    sink = DeadLetterSink(
+        DeadLetterConfig(),
+        FilesConfig.model_validate({"data_dir": "unused"}),
+        CLIENT,
+        fresh_metrics(),
+    )
+    record = json.loads(sink.encode(rejection_of("t/x", payload, "invalid_json", "", T0, default)))
+    assert base64.b64decode(record["payload"]) == payload[:default]
+    assert record["payload_truncated"] is True
+    assert record["payload_bytes"] == len(payload)
+    assert record["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    small = rejection_of("t/x", b"{}", "invalid_schema", "", T0, default)
+    assert small.payload_sha256 is None
+    assert "payload_sha256" not in json.loads(sink.encode(small))
 
 
 async def test_duckdb_reads_dead_letter_files(tmp_path: Path) -> None:

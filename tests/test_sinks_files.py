@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import stat
-import subprocess
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -28,12 +27,14 @@ from tests.support.readings import expected_record, line_of
 from tests.support.sinks import (
     Acks,
     files,
+    fill,
     fresh_metrics,
     lines_of,
     put_all,
     records,
     running,
     sample,
+    small_tmpfs,
 )
 
 CLIENT = "gw-test"
@@ -412,28 +413,8 @@ async def test_cancel_during_retries_stops_the_sink(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, for a real ENOSPC; skipped where mounting is not permitted."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
+    with small_tmpfs(tmp_path / "tiny", "256k") as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(disk: Path, leave_bytes: int) -> Path:
-    """Fill the disk up to about `leave_bytes` free; return the filler to delete later."""
-    filler = disk / "filler"
-    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
-    filler.write_bytes(b"\0" * max(0, free - leave_bytes))
-    return filler
 
 
 async def test_disk_full_is_retried_and_leaves_no_torn_or_duplicate_line(

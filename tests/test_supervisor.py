@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from gateway.metrics import MergedWorkers, Registry
 from tests.support.broker import Broker
 from tests.support.children import is_alive
 from tests.support.gateway import fleet, read_lines
@@ -216,3 +217,23 @@ async def test_a_second_supervisor_on_the_same_directory_and_client_id_refuses_t
     assert f"data directory {gw.data_dir} is in use" in second.log
     assert f"pid {gw.proc.pid}" in second.log
     assert "started (pid" not in second.log
+
+
+def test_merged_metrics_sum_counters_but_take_the_least_silence_of_a_subscription() -> None:
+    """A shared subscription one worker hears from is not silent: the merge is the least."""
+    merged = MergedWorkers()
+    for worker, silence, written in (("w0", 400.0, 10), ("w1", 2.0, 5)):
+        merged.update(
+            worker,
+            "# TYPE gateway_subscription_silence_seconds gauge\n"
+            f'gateway_subscription_silence_seconds{{subscription="0"}} {silence}\n'
+            "# TYPE gateway_readings_written_total counter\n"
+            f"gateway_readings_written_total {written}\n",
+        )
+    registry = Registry()
+    registry.register(merged)
+    silence = registry.get_sample_value(
+        "gateway_subscription_silence_seconds", {"subscription": "0"}
+    )
+    assert silence == 2.0
+    assert registry.get_sample_value("gateway_readings_written_total") == 15

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 
 import orjson
@@ -33,6 +34,8 @@ class DeadLetterSink:
         self._metrics = metrics
         self._format_ts = make_ts_formatter()
         self._unknown_reasons: set[str] = set()
+        # The readings of one message rejected by a step share its payload: hash it once.
+        self._last_digest: tuple[bytes, str] = (b"", "")
         self._store = SegmentStore(
             files.data_dir / DEAD_LETTER_DIR,
             partition_glob="date=*",
@@ -96,10 +99,17 @@ class DeadLetterSink:
         if len(body) < full_size:
             record["payload_truncated"] = True
             record["payload_bytes"] = full_size
-        if rejection.payload_sha256 is not None:
-            record["payload_sha256"] = rejection.payload_sha256
+            record["payload_sha256"] = rejection.payload_sha256 or self._sha256(rejection.payload)
         # orjson: dead-letter records are dicts with optional keys, a few µs each at most.
         return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+
+    def _sha256(self, payload: bytes) -> str:
+        """The SHA-256 of a whole payload cut here (one a step rejected)."""
+        last, digest = self._last_digest
+        if payload is not last:
+            digest = hashlib.sha256(payload).hexdigest()
+            self._last_digest = (payload, digest)
+        return digest
 
     def _settle(self, batch: list[Envelope[Rejection]]) -> None:
         # Called only once the batch is durable (per the fsync policy).

@@ -11,6 +11,7 @@ arrival order once the pipeline says they are stored.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import ssl
@@ -21,9 +22,11 @@ from dataclasses import dataclass
 from gateway.backoff import backoff
 from gateway.config import MqttSourceConfig
 from gateway.errors import BrokerError, MqttProtocol
+from gateway.logs import OncePer
 from gateway.metrics import GatewayMetrics
 from gateway.model import Ack, Inbound
 from gateway.sources.acks import AckWindow
+from gateway.sources.silence import Silence, SubscriptionWatch
 from gateway.sources.wire import ConnectOptions, SubscribeOutcome, Wire
 from gateway.sources.wire_v5 import connect_v5
 from gateway.sources.wire_v311 import connect_v311
@@ -39,6 +42,9 @@ STABLE_SESSION_S = 10.0
 PROBE_TIMEOUT_S = 5.0
 # The same kind of failure is logged again at most this often (with how many there were).
 REPEAT_LOG_S = 60.0
+# Topic and payload bytes handed to the handler at once: it decodes them all before the first
+# wait for room, and decoded readings weigh several times their payload.
+HANDOFF_BYTES = 1024 * 1024
 # Errors of an MQTT 5 attempt after which, with protocol "auto", 3.1.1 is tried.
 _NOT_SPEAKING_V5 = frozenset(
     {"refused_protocol", "connack_timeout", "connection_lost", "protocol_error"}
@@ -90,20 +96,17 @@ class _Reporter:
     """Logs a failure, but the same kind again only every REPEAT_LOG_S (with a count)."""
 
     def __init__(self) -> None:
-        self._last: dict[str, tuple[float, int]] = {}
+        self._once = OncePer(REPEAT_LOG_S)
 
     def report(self, error: BrokerError, what_next: str) -> None:
-        now = time.monotonic()
-        logged_at, repeats = self._last.get(error.reason, (-REPEAT_LOG_S, 0))
-        if now - logged_at < REPEAT_LOG_S:
-            self._last[error.reason] = (logged_at, repeats + 1)
+        repeats = self._once.allow(error.reason)
+        if repeats is None:
             return
         again = f" ({repeats} more like it since the last report)" if repeats else ""
         log.warning("broker: %s; %s%s", error, what_next, again)
-        self._last[error.reason] = (now, 0)
 
     def forget(self) -> None:
-        self._last.clear()
+        self._once.forget()
 
 
 class MqttSource:
@@ -126,11 +129,12 @@ class MqttSource:
         # A reload that needs a new session: (its config, what to run before connecting, who
         # waits for the outcome).
         self._next: _NextSession | None = None
+        self._ended: BrokerError | None = None  # a live change failed: end the session so
         self._awaiting: asyncio.Future[None] | None = None
         self._metrics = metrics
         self._handler = handler
         self._conn: _Connection | None = None
-        self._pending: list[Inbound] = []
+        self._pending: collections.deque[Inbound] = collections.deque()
         self._pending_messages = 0
         self._pending_bytes = 0
         self._wake = asyncio.Event()
@@ -140,8 +144,12 @@ class MqttSource:
         self._subscribed = False
         # Set while connected and subscribed, for whoever waits for that (the demo).
         self.subscribed = asyncio.Event()
-        self._stalled = False
         self._last_message_at = time.monotonic()
+        self._watch = SubscriptionWatch(
+            config.subscriptions, config.stall_timeout_s, metrics, self._last_message_at
+        )
+        # Why the last connection attempt or session failed, until subscribed again (/readyz).
+        self.last_error: BrokerError | None = None
         self._attempts = 0
         self._connected_before = False
         # "auto": unknown until a broker answers; then kept for this process.
@@ -150,6 +158,7 @@ class MqttSource:
         self._tls = _tls_context(config) if config.tls.enabled else None
         self._warned_qos: set[str] = set()
         metrics.unacked.set_function(self._unacked)
+        metrics.mqtt_stalled.set_function(lambda: 1 if self._watch.silent else 0)
 
     # -- state for /readyz and metrics -------------------------------------------------------
 
@@ -160,8 +169,13 @@ class MqttSource:
 
     @property
     def stalled(self) -> bool:
-        """Subscribed, but silent for longer than stall_timeout_s."""
-        return self._stalled
+        """Subscribed, but a subscription has been silent for longer than stall_timeout_s."""
+        return bool(self._watch.silent)
+
+    @property
+    def silent(self) -> list[Silence]:
+        """The subscriptions silent for longer than stall_timeout_s, for /readyz."""
+        return self._watch.silent
 
     @property
     def protocol(self) -> MqttProtocol | None:
@@ -181,6 +195,7 @@ class MqttSource:
         """Settings that need no new session and no (un)subscribe: intake bounds, stall
         watchdog, backoff and timeouts, from now on."""
         self._config = config
+        self._watch = self._watch.renewed(config.subscriptions, config.stall_timeout_s)
 
     async def resubscribe(self, config: MqttSourceConfig) -> list[str]:
         """Subscribe to the filters `config` adds and unsubscribe from those it removes, on the
@@ -192,6 +207,7 @@ class MqttSource:
         added = [(f, qos) for f, qos in new.items() if old.get(f) != qos]
         removed = [f for f in old if f not in new]
         self._config = config
+        self._watch = self._watch.renewed(config.subscriptions, config.stall_timeout_s)
         conn = self._conn
         if conn is None or conn.wire is None or not self._subscribed:
             return []
@@ -202,8 +218,13 @@ class MqttSource:
             refused = [o for o in outcomes if o.failure is not None]
             if refused:
                 names = "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused)
-                wire.abort()  # the session ends; the reconnect finds the refusal again
-                raise BrokerError("subscribe_refused", f"the broker refused subscriptions {names}")
+                error = BrokerError(
+                    "subscribe_refused", f"the broker refused the subscription to {names}"
+                )
+                # The session ends as it would at connect: retried with backoff, not ready.
+                self._ended = error
+                self._wake.set()
+                raise error
             done += [f"subscribed to {f!r}" for f, _ in added]
         if removed:
             outcomes = await self._answer(wire.unsubscribe(removed), "UNSUBACK")
@@ -243,6 +264,9 @@ class MqttSource:
                 self._protocol = None if protocol == "auto" else protocol
             self._config = upcoming.config
             self._tls = _tls_context(upcoming.config) if upcoming.config.tls.enabled else None
+            self._watch = self._watch.renewed(
+                upcoming.config.subscriptions, upcoming.config.stall_timeout_s
+            )
         return upcoming
 
     async def _answer(
@@ -280,11 +304,8 @@ class MqttSource:
         self._pending_bytes += burst.nbytes
         if redelivered:
             self._metrics.mqtt_redeliveries.inc(redelivered)
-        self._last_message_at = time.monotonic()
-        if self._stalled:
-            self._stalled = False
-            self._metrics.mqtt_stalled.set(0)
-            log.info("messages flowing again")
+        self._last_message_at = now = time.monotonic()
+        self._watch.heard(burst.topics, now)
         cfg = self._config
         if (
             self._pending_messages >= cfg.max_buffered_messages
@@ -292,6 +313,27 @@ class MqttSource:
         ):
             self._pause()
         self._wake.set()
+
+    def _hand_off(self) -> tuple[list[Inbound], int]:
+        """The oldest bursts, up to HANDOFF_BYTES of them (at least one): decoded, a reading
+        weighs several times its share of the payload, so the intake is handed on in slices."""
+        pending = self._pending
+        bursts = [pending.popleft()]
+        nbytes, messages = bursts[0].nbytes, len(bursts[0])
+        while pending and nbytes + pending[0].nbytes <= HANDOFF_BYTES:
+            burst = pending.popleft()
+            bursts.append(burst)
+            nbytes += burst.nbytes
+            messages += len(burst)
+        self._pending_messages -= messages
+        self._pending_bytes -= nbytes
+        cfg = self._config
+        if (
+            self._pending_messages < cfg.max_buffered_messages
+            and self._pending_bytes < cfg.max_buffered_bytes
+        ):
+            self._resume()
+        return bursts, messages
 
     def _pause(self) -> None:
         conn = self._conn
@@ -363,7 +405,11 @@ class MqttSource:
 
     def _before_sleep(self, error: BaseException | None, delay: float, attempt: int) -> None:
         if isinstance(error, BrokerError):
-            self._reporter.report(error, f"retrying in {delay:.1f}s (attempt {attempt})")
+            self._reporter.report(
+                error,
+                f"retrying in {delay:.1f}s (attempt {attempt}; it retries until it connects, "
+                f"at most {self._config.reconnect_max_s:g}s apart)",
+            )
 
     # -- one connection ----------------------------------------------------------------------
 
@@ -418,6 +464,7 @@ class MqttSource:
                 waiter.set_exception(error)
 
     def _count(self, error: BrokerError) -> None:
+        self.last_error = error
         counter = self._metrics.mqtt_connection_failures.get(error.reason)
         if counter is not None:
             counter.inc()
@@ -496,9 +543,14 @@ class MqttSource:
             try:
                 wire = await connect_v311(self._options(), conn)
             except BrokerError as v311_error:
+                also = (
+                    "the same over MQTT 5"
+                    if v311_error.reason == v5_error.reason
+                    else f"over MQTT 5: {v5_error}"
+                )
                 raise BrokerError(
                     v311_error.reason,  # type: ignore[arg-type]
-                    f"{v311_error} (and over MQTT 5: {v5_error})",
+                    f"{v311_error} ({also})",
                 ) from None
             log.warning(
                 "the broker does not speak MQTT 5 (%s); using MQTT 3.1.1 from now on", v5_error
@@ -517,6 +569,7 @@ class MqttSource:
             self._conn = None
             self._subscribed = False
             self.subscribed.clear()
+            self._watch.unsubscribed()
             self._metrics.mqtt_connected.set(0)
 
     # -- the session -----------------------------------------------------------------------
@@ -542,14 +595,20 @@ class MqttSource:
         subscribe_sent_at = time.monotonic()
         wire.closed.add_done_callback(lambda _: wake.set())
         draining_since: float | None = None
-        self._last_message_at = time.monotonic()
+        self._last_message_at = checked_at = time.monotonic()
         if wire.session_present:
             self._mark_subscribed()  # the session holds our subscriptions already
         while True:
+            now = time.monotonic()
+            if now - checked_at >= 1.0:  # also under load: one busy filter hides no silent one
+                checked_at = now
+                self._watch.check(now)
             if suback is not None:
                 if suback.done():
                     if not suback.cancelled():
-                        self._check_suback(suback.result())  # type: ignore[arg-type]
+                        refused = self._check_suback(suback.result())
+                        if refused is not None:
+                            return refused
                         await self._note_subscribed([f for f, _ in filters])
                     suback = None
                 elif time.monotonic() - max(subscribe_sent_at, self._last_message_at) > (
@@ -561,14 +620,15 @@ class MqttSource:
                         "suback_timeout", f"no SUBACK within {cfg.subscribe_timeout_s}s"
                     )
             if self._pending:
-                bursts, self._pending = self._pending, []
+                bursts, messages = self._hand_off()
                 # Counted as received when handed on, in the same step as the handler counts
                 # them in flight: received = in flight + settled holds at every scrape.
-                self._metrics.messages_received.inc(self._pending_messages)
-                self._pending_messages = self._pending_bytes = 0
-                self._resume()
+                self._metrics.messages_received.inc(messages)
                 await self._handler(bursts)
                 continue
+            if self._ended is not None:
+                error, self._ended = self._ended, None
+                return error
             if self._next is not None and not wire.closed.done():
                 # A reload wants a new session: stop reading, let everything received be
                 # stored and acked, then end this one cleanly.
@@ -595,19 +655,22 @@ class MqttSource:
             if wire.closed.done():
                 return wire.closed.result()
             wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await wake.wait()
-            except TimeoutError:
-                self._watch_for_stall()
 
-    def _check_suback(self, outcomes: list[object]) -> None:
-        refused = [o for o in outcomes if o.failure is not None]  # type: ignore[attr-defined]
+    def _check_suback(self, outcomes: Sequence[SubscribeOutcome]) -> BrokerError | None:
+        """The SUBACK's verdict: the error naming each refused filter and why, or None."""
+        refused = [o for o in outcomes if o.failure is not None]
         if refused:
-            names = "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused)  # type: ignore[attr-defined]
-            raise BrokerError("subscribe_refused", f"the broker refused subscriptions {names}")
+            names = "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused)
+            return BrokerError(
+                "subscribe_refused",
+                f"the broker refused the subscription to {names} (check its ACL for this "
+                "client; the gateway is not ready until every filter is granted)",
+            )
         for wanted, outcome in zip(self._config.subscriptions, outcomes, strict=False):
-            granted = outcome.granted_qos  # type: ignore[attr-defined]
+            granted = outcome.granted_qos
             if (
                 granted is not None
                 and granted < wanted.qos
@@ -624,22 +687,14 @@ class MqttSource:
         log.info(
             "subscribed to %s", ", ".join(s.effective_filter for s in self._config.subscriptions)
         )
+        return None
 
     def _mark_subscribed(self) -> None:
         self._subscribed = True
+        self.last_error = None
+        self._watch.subscribed(time.monotonic())
         self.subscribed.set()
         self._metrics.mqtt_connected.set(1)
-
-    def _watch_for_stall(self) -> None:
-        limit = self._config.stall_timeout_s
-        if not limit or not self._subscribed:
-            return
-        silent = time.monotonic() - self._last_message_at
-        if silent > limit and not self._stalled:
-            self._stalled = True
-            self._metrics.mqtt_stalls.inc()
-            self._metrics.mqtt_stalled.set(1)
-            log.warning("no message for %.0fs while subscribed: stalled (not ready)", silent)
 
 
 def _log_unsubscribed(filters: list[str], done: asyncio.Future[list[SubscribeOutcome]]) -> None:

@@ -135,7 +135,12 @@ _REFUSALS: dict[int, tuple[str, str]] = {
     0x84: ("refused_protocol", "the broker does not support this MQTT version"),
     0x85: ("refused_client_id", "the broker refused client id {client_id!r}"),
     0x86: ("refused_credentials", "bad user name or password (check mqtt.username/password)"),
-    0x87: ("refused_not_authorized", "not authorized (check the broker's ACL for this user)"),
+    # Mosquitto answers a wrong password so too (0x87; 3.1.1 return code 5), not with 0x86.
+    0x87: (
+        "refused_not_authorized",
+        "not authorized: a wrong user name or password, or a user the broker does not let in "
+        "(check mqtt.username, the password, and the broker's users)",
+    ),
     0x88: ("refused_unavailable", "the broker says it is unavailable"),
     0x89: ("refused_unavailable", "the broker says it is busy"),
     0x8A: ("refused_unavailable", "the broker has banned this client"),
@@ -168,13 +173,16 @@ def closed_by_broker(connected_for_s: float, client_id: str, detail: str) -> Bro
     if connected_for_s < TAKEOVER_WINDOW_S:
         return BrokerError(
             "session_taken_over",
-            f"the broker closed the connection {connected_for_s:.1f}s after accepting it: most "
-            f"likely another client connected with client id {client_id!r} (no reason given)",
+            f"the broker closed the connection {connected_for_s:.1f}s after accepting it, "
+            f"without a reason: most likely another client connected with client id "
+            f"{client_id!r} (two gateways with one id?); if the broker was shutting down "
+            "instead, the next attempt is refused",
         )
     return BrokerError(
         "connection_lost",
-        f"the broker closed the connection{detail} (a broker shutting down and a takeover by a "
-        "client with the same id look the same when no DISCONNECT reason is sent)",
+        f"the broker closed the connection{detail} without a reason: it is shutting down or "
+        f"restarting, or another client took client id {client_id!r} (Mosquitto gives no "
+        "reason for either; the next attempt tells)",
     )
 
 
@@ -182,7 +190,17 @@ def failed_to_connect(exc: OSError, host: str, port: int, tls: bool) -> BrokerEr
     """The error for a connection that failed before any MQTT was spoken."""
     where = f"{host}:{port}"
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return BrokerError("tls_error", f"{where}: the broker's certificate: {exc.verify_message}")
+        return BrokerError(
+            "tls_error",
+            f"{where}: the broker's certificate: {exc.verify_message} (check mqtt.tls.ca_file, "
+            "and that the host name is one the certificate names)",
+        )
+    if isinstance(exc, ssl.SSLError) and "CERTIFICATE" in str(exc.reason or ""):
+        return BrokerError(
+            "tls_error",
+            f"{where}: the broker refused our client certificate ({exc.reason}): check "
+            "mqtt.tls.cert_file and key_file, and that the broker trusts their CA",
+        )
     if isinstance(exc, ssl.SSLError):
         return BrokerError(
             "tls_error",

@@ -38,6 +38,12 @@ log = logging.getLogger(__name__)
 # loop_read() handles one incoming packet per call: read until a call yields nothing new, but
 # give the loop back after this many so a flood cannot starve other callbacks.
 READ_BURST = 512
+# ... or once a burst holds this many topic and payload bytes: paho reads each packet whole (it
+# has no limit on incoming packets), so a burst of large messages would otherwise hold up to
+# READ_BURST of them before the session's byte budget (mqtt.max_buffered_bytes) could pause the
+# socket. One packet may still be as large as the broker lets through (Mosquitto:
+# message_size_limit).
+READ_BURST_BYTES = 1024 * 1024
 MISC_INTERVAL_S = 1.0
 
 
@@ -216,10 +222,19 @@ class V311Wire(WireState):
         if self._closing:
             return
         if not self.connack.done():
+            # paho does not pass on a TLS alert: with TLS, a refused client certificate ends
+            # the connection here too.
+            hint = (
+                "; with TLS, most often the broker refusing our client certificate "
+                "(mqtt.tls.cert_file and key_file)"
+                if self._options.tls is not None
+                else "; a TLS port spoken to without TLS (then use mqtts://), or a broker that "
+                "refuses us without a CONNACK"
+            )
             self._end(
                 BrokerError(
                     "connection_lost",
-                    f"the broker closed the connection before CONNACK ({rc})",
+                    f"the broker closed the connection before CONNACK ({rc}){hint}",
                 )
             )
             return
@@ -306,7 +321,7 @@ class V311Wire(WireState):
             before = len(self._topics) + self._progress
             if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS or self.closed.done():
                 break
-            if len(self._topics) + self._progress == before:
+            if len(self._topics) + self._progress == before or self._nbytes >= READ_BURST_BYTES:
                 break
         sock = self._sock
         if self._reading and isinstance(sock, ssl.SSLSocket) and sock.pending():
@@ -355,7 +370,9 @@ async def connect_v311(options: ConnectOptions, intake: Intake) -> V311Wire:
         wire.abort()
         raise BrokerError(
             "connack_timeout",
-            f"{options.host}:{options.port}: no CONNACK within {options.connect_timeout_s}s",
+            f"{options.host}:{options.port}: no CONNACK within {options.connect_timeout_s}s: "
+            "something accepted the connection and never answered (a frozen or overloaded "
+            "broker, or not MQTT at all)",
         ) from None
     except OSError as exc:
         wire.abort()

@@ -349,8 +349,9 @@ async def connect_v5(options: ConnectOptions, intake: Intake) -> V5Wire:
         wire.abort()
         raise BrokerError(
             "connack_timeout",
-            f"{options.host}:{options.port}: no CONNACK within {options.connect_timeout_s}s "
-            "(a broker that does not speak MQTT 5 may stay silent)",
+            f"{options.host}:{options.port}: no CONNACK within {options.connect_timeout_s}s: "
+            "something accepted the connection and never answered (a frozen or overloaded "
+            "broker, one that does not speak MQTT 5, or not MQTT at all)",
         ) from None
     except OSError as exc:
         raise failed_to_connect(exc, options.host, options.port, options.tls is not None) from None

@@ -45,6 +45,7 @@ class Broker:
     max_queued: int = 200_000
     proc: subprocess.Popen[bytes] | None = None
     extra_config: str = ""
+    anonymous: bool = True
 
     host: str = "127.0.0.1"
 
@@ -64,7 +65,7 @@ class Broker:
             # Started as root, Mosquitto switches to user `mosquitto`, which cannot write our
             # tmp dir: no persistence file, no log. Staying the current user is a no-op otherwise.
             f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            "allow_anonymous true\n"
+            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
             "persistence true\n"
             f"persistence_location {self.workdir}/\n"
             f"max_inflight_messages {self.max_inflight}\n"
@@ -111,3 +112,13 @@ class Broker:
         with contextlib.suppress(Exception):
             if self.proc is not None and self.proc.poll() is None:
                 os.kill(self.proc.pid, signal.SIGKILL)
+
+
+def acl_broker(workdir: Path, readable: str) -> Broker:
+    """Mosquitto (not started) whose ACL lets anonymous clients read only `readable` (and
+    write anything): Mosquitto 2.0.11 still grants a SUBSCRIBE to any other filter, and then
+    delivers nothing on it (FACTS.md)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    acl = workdir / "acl"
+    acl.write_text(f"topic read {readable}\ntopic write #\n", encoding="utf-8")
+    return Broker(workdir, extra_config=f"acl_file {acl}\n")

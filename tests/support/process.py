@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ class GatewayProcess:
         prefix: str,
         data_dir: Path | None = None,
         protocol: str = "auto",
+        qos: int = 1,
     ) -> None:
         tmp_path.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir or tmp_path / "data"
@@ -46,6 +49,7 @@ class GatewayProcess:
             "reconnect_max_s = 1.0\n"
             "[[mqtt.subscriptions]]\n"
             f'template = "{prefix}/{{site}}/{{device_id}}/telemetry"\n'
+            f"qos = {qos}\n"
             "[files]\n"
             f"data_dir = {json.dumps(str(self.data_dir))}\n"
             "retry_min_s = 0.05\n"
@@ -56,8 +60,15 @@ class GatewayProcess:
             encoding="utf-8",
         )
 
-    def start(self, *args: str) -> None:
+    def start(self, *args: str, max_open_files: int | None = None) -> None:
+        """Start `gateway run`; `max_open_files` sets its RLIMIT_NOFILE (soft and hard), as
+        `prlimit --nofile=N:N` would."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        limit = None
+        if max_open_files is not None:
+            limit = functools.partial(
+                resource.setrlimit, resource.RLIMIT_NOFILE, (max_open_files, max_open_files)
+            )
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path), *args],
@@ -66,7 +77,28 @@ class GatewayProcess:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
                 env=env,
+                preexec_fn=limit,  # noqa: PLW1509 - setrlimit only, no locks taken
             )
+
+    def configure(self, section: str, text: str) -> None:
+        """Add lines to a `[section]` of the config file (before the next start); a section
+        it does not have yet (e.g. `[[mqtt.subscriptions]]`, another one) is appended."""
+        config = self.config_path.read_text(encoding="utf-8")
+        header = f"[{section}]\n"
+        if header in config and not section.startswith("["):
+            config = config.replace(header, header + text, 1)
+        else:
+            config += header + text
+        self.config_path.write_text(config, encoding="utf-8")
+
+    @property
+    def peak_rss_bytes(self) -> int:
+        """The process's peak resident set (VmHWM) so far."""
+        proc = self._alive()
+        for line in Path(f"/proc/{proc.pid}/status").read_text(encoding="utf-8").splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmHWM in /proc/PID/status")
 
     @property
     def log(self) -> str:

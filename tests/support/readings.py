@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import re
@@ -90,8 +91,9 @@ def expected_dead_letter(rejection: Rejection, max_payload_bytes: int) -> dict[s
     if len(body) < full:
         record["payload_truncated"] = True
         record["payload_bytes"] = full
-    if rejection.payload_sha256 is not None:
-        record["payload_sha256"] = rejection.payload_sha256
+        record["payload_sha256"] = (
+            rejection.payload_sha256 or hashlib.sha256(rejection.payload).hexdigest()
+        )
     return record
 
 

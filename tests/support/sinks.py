@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable, Coroutine
+import os
+import subprocess
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.channel import Channel
@@ -98,3 +101,30 @@ def lines_of(path: Path) -> list[dict[str, Any]]:
 
 def records(root: Path, pattern: str = "*.jsonl") -> list[dict[str, Any]]:
     return [record for path in files(root, pattern) for record in lines_of(path)]
+
+
+@contextlib.contextmanager
+def small_tmpfs(mount_point: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size` (e.g. "256k") at `mount_point`, for a real ENOSPC; the test is skipped
+    where mounting is not permitted (it needs root)."""
+    mount_point.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path, leave_bytes: int) -> Path:
+    """Fill the disk up to about `leave_bytes` free; return the filler to delete later."""
+    filler = disk / "filler"
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    filler.write_bytes(b"\0" * max(0, free - leave_bytes))
+    return filler
