@@ -17,7 +17,7 @@ from gateway._version import __version__
 from gateway.admit import Admission
 from gateway.channel import Channel
 from gateway.compaction.maintenance import Maintenance
-from gateway.config import GatewayConfig
+from gateway.config import DropDuplicatesStep, GatewayConfig
 from gateway.errors import ConfigError, DrainError
 from gateway.http import HttpServer
 from gateway.metrics import GatewayMetrics, Registry, StorageMetrics
@@ -71,7 +71,7 @@ class Gateway:
             self.sensor_values = SensorValues(config.sensor_values)
             m.export_sensor_values(self.sensor_values)
         on_durable = self.sensor_values.observe if self.sensor_values is not None else None
-        self._files = FileSink(config.files, client_id, m, on_durable)
+        self._files = FileSink(config.files, client_id, m, on_durable, config.dedupe)
         self._dead_letter = DeadLetterSink(config.dead_letter, config.files, client_id, m)
         self._source: MqttSource | None = None
         self._http = HttpServer(config.http, self.registry, self.checks, seal=self.seal)
@@ -221,6 +221,13 @@ class Gateway:
 def _build_steps(config: GatewayConfig) -> list[Transform]:
     steps = []
     for index, step in enumerate(config.steps):
+        if isinstance(step, DropDuplicatesStep):
+            log.warning(
+                "steps.%d: drop_duplicates does nothing now: the file sink drops repeats by "
+                "(device_id, seq, ts) ([dedupe], on by default); remove the step",
+                index,
+            )
+            continue
         try:
             steps.append(build_transform(step))
         except ValueError as exc:

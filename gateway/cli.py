@@ -15,7 +15,7 @@ from typing import Any
 from gateway._version import __version__
 from gateway.app import Gateway
 from gateway.audit import main_audit
-from gateway.commands import main_compact, main_seal
+from gateway.commands import main_compact, main_identities, main_seal
 from gateway.config import GatewayConfig, load_config, parse_broker_url, parse_listen_addr
 from gateway.demo import main_demo
 from gateway.errors import ConfigError, DrainError, StartupError
@@ -135,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         return main_compact(argv[1:])
     if argv[:1] == ["seal"]:
         return main_seal(argv[1:])
+    if argv[:1] == ["identities"]:  # internal: a starting gateway's dedupe seeding runs it
+        return main_identities(argv[1:])
     if argv[:1] == ["top"]:
         # Imported here so that rich is loaded only for this command, not in every worker.
         from gateway.top import main_top  # noqa: PLC0415

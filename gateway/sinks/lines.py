@@ -1,4 +1,5 @@
-"""Readings -> JSON Lines bytes, per batch, grouped by hour partition (the line encoder)."""
+"""Readings -> JSON Lines bytes, per batch, grouped by hour partition (the line encoder); and
+back, data lines -> the identities of their readings (for the dedupe window at start)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ from datetime import UTC, datetime
 
 import msgspec
 
+from gateway.decode.timestamps import MILLIS, parse_iso
+from gateway.errors import DecodeError
 from gateway.model import Reading, make_ts_formatter
 
 
@@ -82,3 +85,90 @@ def hour_partition(ts: float) -> str:
 def day_partition(ts: float) -> str:
     """`date=YYYY-MM-DD` (UTC) of an epoch time."""
     return datetime.fromtimestamp(int(ts // 86400) * 86400, UTC).strftime("date=%Y-%m-%d")
+
+
+class _IdentityLine(msgspec.Struct, gc=False):
+    """What identifies a data line's reading; the other fields are skipped unread."""
+
+    device_id: str
+    ts: str
+    seq: int | None = None
+
+
+class IdentityReader:
+    """Data lines -> `(device_id, seq, ts)` of each reading that has a seq, in line order.
+
+    `ts` becomes the float the decoder makes of the same canonical text (whole seconds, parsed
+    once per second and remembered, plus the milliseconds), so identities read back equal those
+    of redelivered readings (sinks/dedupe.py). Lines that are not readings are skipped: at worst
+    their reading is stored again, never lost.
+    """
+
+    __slots__ = ("_decode", "_decode_lines", "_seconds", "skipped")
+
+    def __init__(self) -> None:
+        decoder = msgspec.json.Decoder(_IdentityLine)
+        self._decode_lines = decoder.decode_lines
+        self._decode = decoder.decode
+        self._seconds: dict[str, float] = {}
+        self.skipped = 0
+
+    def __call__(self, lines: bytes) -> list[tuple[str, int, float]]:
+        """Whole lines (each ending in a newline) -> identities."""
+        try:
+            decoded = self._decode_lines(lines)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            decoded = self._one_by_one(lines)
+        seconds = self._seconds
+        identities = []
+        for line in decoded:
+            seq = line.seq
+            if seq is None:
+                continue
+            ts = line.ts
+            whole = seconds.get(ts[:19])
+            millis = MILLIS.get(ts[20:23])
+            if whole is None or millis is None or len(ts) != 24 or ts[19] != "." or ts[23] != "Z":
+                epoch = self._parse(ts)
+                if epoch is None:
+                    continue
+            else:
+                epoch = whole + millis
+            identities.append((line.device_id, seq, epoch))
+        return identities
+
+    def _one_by_one(self, lines: bytes) -> list[_IdentityLine]:
+        decoded = []
+        for line in lines.splitlines():
+            try:
+                decoded.append(self._decode(line))
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                self.skipped += int(bool(line.strip()))
+        return decoded
+
+    def _parse(self, ts: str) -> float | None:
+        """A ts not yet remembered (a new second) or not canonical: parsed, then made canonical."""
+        millis = MILLIS.get(ts[20:23])
+        if len(ts) == 24 and ts[19] == "." and ts[23] == "Z" and millis is not None:
+            try:
+                whole = parse_iso(ts[:19])
+            except DecodeError:
+                self.skipped += 1
+                return None
+            if len(self._seconds) >= 4096:
+                self._seconds.clear()
+            self._seconds[ts[:19]] = whole
+            return whole + millis
+        try:
+            epoch = parse_iso(ts)
+        except DecodeError:
+            self.skipped += 1
+            return None
+        return canonical_ts(epoch)
+
+
+def canonical_ts(epoch_s: float) -> float:
+    """The time a data line holds (`format_ts`: microseconds rounded, then cut to milliseconds),
+    as the float that decoding that line's `ts` gives: whole seconds plus milliseconds / 1000."""
+    whole, micros = divmod(round(epoch_s * 1_000_000), 1_000_000)
+    return float(whole) + (micros // 1000) / 1000

@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeAlias
 
-from gateway.config import CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep, StepConfig
+from gateway.config import CheckRangeStep, ConvertUnitsStep, StepConfig
 from gateway.errors import RejectReason
 from gateway.model import Reading
 from gateway.transforms.check_range import CheckRange
 from gateway.transforms.convert_units import ConvertUnits
-from gateway.transforms.drop_duplicates import DropDuplicates
 from gateway.transforms.verdict import Verdict
 
 # A step takes a batch and says what became of each reading: kept (possibly changed in place),
@@ -22,7 +21,6 @@ Transform: TypeAlias = Callable[[list[Reading]], Verdict | Awaitable[Verdict]]
 __all__ = [
     "CheckRange",
     "ConvertUnits",
-    "DropDuplicates",
     "RejectReason",
     "Transform",
     "Verdict",
@@ -31,11 +29,11 @@ __all__ = [
 
 
 def build_transform(step: StepConfig) -> Transform:
-    """The transform for one configured step; ValueError when the step cannot work."""
+    """The transform for one configured step; ValueError when the step cannot work.
+
+    (`drop_duplicates` has none: the file sink's dedupe window does that now, see app.py.)"""
     if isinstance(step, CheckRangeStep):
         return CheckRange(step)
-    if isinstance(step, DropDuplicatesStep):
-        return DropDuplicates(step)
     if isinstance(step, ConvertUnitsStep):
         return ConvertUnits(step)
     raise TypeError(f"no transform for step {type(step).__name__}")
