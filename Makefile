@@ -7,7 +7,7 @@ DEMO_STAMP ?= $(VENV)/.installed-demo
 DEV_STAMP  ?= $(VENV)/.installed-dev
 DEMO_ARGS  ?=
 
-.PHONY: help install install-demo system-deps test lint run demo bench bench-compaction clean
+.PHONY: help install install-demo system-deps test faults-once lint run demo bench bench-compaction clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,6 +34,9 @@ system-deps: ## install mosquitto, mosquitto-clients, prometheus (promtool) if m
 
 test: system-deps install ## run the whole test suite (real Mosquitto, real files)
 	$(BIN)/pytest -q
+
+faults-once: system-deps install ## stored once: gateway SIGKILL x10, broker SIGTERM/SIGKILL x10 under load; prints lost and duplicated (~3 min)
+	$(BIN)/pytest -m once -q -rP -p no:logging
 
 lint: install ## ruff
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
