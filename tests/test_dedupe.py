@@ -23,7 +23,7 @@ from gateway.errors import ConfigError
 from gateway.model import Ack, Envelope, Reading, format_ts
 from gateway.sinks.dedupe import DedupeWindow
 from gateway.sinks.files import FileSink
-from gateway.sinks.lines import IdentityReader, LineEncoder, canonical_ts
+from gateway.sinks.lines import IdentityReader, LineEncoder, line_ms
 from tests.support.poll import eventually
 from tests.support.sinks import Acks, fresh_metrics, put_all, records, running, sample
 
@@ -111,8 +111,8 @@ def test_a_withdrawn_claim_is_forgotten() -> None:
 def test_seeded_identities_count_from_start_and_only_the_newest_stay() -> None:
     clock = Clock()
     w = window(window_s=10, max_identities=3, clock=clock)
-    old = [("dev-1", s, canonical_ts(T0 + s / 1000)) for s in (1, 2)]
-    new = [("dev-1", s, canonical_ts(T0 + s / 1000)) for s in (3, 4)]
+    old = [("dev-1", s, line_ms(T0 + s / 1000)) for s in (1, 2)]
+    new = [("dev-1", s, line_ms(T0 + s / 1000)) for s in (3, 4)]
     assert w.seed([old, new]) == 4
     assert len(w) == 2, "whole chunks go: the older chunk made room"
     assert seqs(w.claim([reading(s) for s in (1, 2, 3, 4)])[0]) == [1, 2]
@@ -184,7 +184,7 @@ def test_lines_that_are_not_readings_are_skipped_not_fatal() -> None:
     no_seq = b'{"device_id":"d","ts":"2026-11-25T11:00:00.123Z","metrics":{}}\n'
     assert (
         reader(good + b"{not json\n" + no_seq + b'{"seq": "x"}\n' + good)
-        == [("d", 1, canonical_ts(T0 + 0.123))] * 2
+        == [("d", 1, line_ms(T0 + 0.123))] * 2
     )
     assert reader.skipped == 2
 

@@ -2,8 +2,9 @@
 
 A reading's identity is `(device_id, seq, ts)`, for readings that carry a seq (the ts keeps a
 device that restarts its counter from 1 apart from its earlier readings). `ts` is the time the
-data line holds, to the millisecond, as a float (`canonical_ts`), so that an identity read back
-from a file at start (sinks/seed.py) equals the one of the same reading redelivered.
+data line holds, in integer epoch milliseconds (`line_ms`), so that an identity read back from a
+file at start (sinks/seed.py) equals the one of the same reading redelivered, whatever form the
+device sent its time in.
 
 Where it is consulted, and why there: the file sink claims a batch's identities just before it
 encodes and writes the batch, and the sink is one task that commits one batch after another. So
@@ -26,10 +27,10 @@ from collections.abc import Callable, Iterable
 
 from gateway.config import DedupeConfig
 from gateway.model import Reading
-from gateway.sinks.lines import canonical_ts
+from gateway.sinks.lines import line_ms
 
-# (device_id, seq, ts as the data line holds it: epoch seconds to the millisecond)
-Identity = tuple[str, int, float]
+# (device_id, seq, ts as the data line holds it: integer epoch milliseconds)
+Identity = tuple[str, int, int]
 
 
 class DedupeWindow:
@@ -37,8 +38,11 @@ class DedupeWindow:
 
     Claims are kept in order, one list per batch; the oldest whole batches are forgotten once
     the window holds more than `max_identities` or they are older than `window_s`, so memory is
-    bounded by `max_identities` plus one batch. Per reading the hot path is one set insertion
-    (`len` before and after tells a repeat) and one dict look-up for the shared device id.
+    bounded by `max_identities` plus one batch. A batch whose readings are all new (the common
+    case) costs two set operations over the batch, looping in C (is it disjoint from the window?
+    then add it), one dict look-up per reading for the shared device id, and later one removal;
+    a batch with a repeat is claimed reading by reading (one insertion each, `len` before and
+    after telling a repeat).
     """
 
     __slots__ = ("_claims", "_clock", "_max", "_names", "_seen", "_window_s")
@@ -61,6 +65,27 @@ class DedupeWindow:
     def claim(self, readings: list[Reading]) -> tuple[list[Reading], list[Identity]]:
         """(the readings to write, their identities, now claimed): a reading whose identity is
         remembered, or came earlier in `readings`, is left out. Readings without seq are kept."""
+        name = self._names.setdefault
+        identities = [
+            (name(r.device_id, r.device_id), r.seq, round(r.ts * 1_000_000) // 1000)  # line_ms
+            for r in readings
+            if r.seq is not None
+        ]
+        seen = self._seen
+        # The common case, all new, in two set operations that loop in C.
+        if seen.isdisjoint(identities):
+            before = len(seen)
+            seen.update(identities)
+            if len(seen) - before == len(identities):
+                if identities:
+                    self._remember(identities)
+                return readings, identities
+            # One identity twice in this batch: take back exactly what it added (none of its
+            # identities was remembered before), and go one by one.
+            seen.difference_update(identities)
+        return self._claim_each(readings)
+
+    def _claim_each(self, readings: list[Reading]) -> tuple[list[Reading], list[Identity]]:
         seen = self._seen
         add = seen.add
         name = self._names.setdefault
@@ -72,9 +97,7 @@ class DedupeWindow:
                 kept.append(reading)
                 continue
             device = reading.device_id
-            # A reading with ts_text was parsed from the canonical text: its ts is canonical.
-            ts = reading.ts if reading.ts_text is not None else canonical_ts(reading.ts)
-            identity = (name(device, device), seq, ts)
+            identity = (name(device, device), seq, line_ms(reading.ts))
             before = len(seen)
             add(identity)
             if len(seen) == before:
@@ -98,18 +121,25 @@ class DedupeWindow:
 
     def seed(self, chunks: Iterable[list[Identity]]) -> int:
         """Remember identities read from the files at start (oldest chunk first), as if written
-        now; returns how many were new. Only the newest `max_identities` stay."""
+        now; returns how many were new. The chunks become the window's own lists (no copy)."""
         seen = self._seen
         name = self._names.setdefault
         added = 0
         for chunk in chunks:
-            fresh = []
-            for device, seq, ts in chunk:
-                identity = (name(device, device), seq, ts)
-                before = len(seen)
-                seen.add(identity)
-                if len(seen) != before:
-                    fresh.append(identity)
+            before = len(seen)
+            if seen.isdisjoint(chunk):
+                seen.update(chunk)
+                # A reading twice in the files (written with dedupe off): remember it once.
+                fresh = chunk if len(seen) - before == len(chunk) else list(dict.fromkeys(chunk))
+            else:
+                fresh = []
+                for identity in chunk:
+                    size = len(seen)
+                    seen.add(identity)
+                    if len(seen) != size:
+                        fresh.append(identity)
+            for device, _, _ in fresh:
+                name(device, device)
             if fresh:
                 added += len(fresh)
                 self._remember(fresh)

@@ -3,13 +3,18 @@ back, data lines -> the identities of their readings (for the dedupe window at s
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 
 import msgspec
 
-from gateway.decode.timestamps import MILLIS, parse_iso
+from gateway.decode.timestamps import parse_iso
 from gateway.errors import DecodeError
 from gateway.model import Reading, make_ts_formatter
+
+# "000".."999" -> 0..999: one look-up both checks three ASCII digits and converts them.
+_MILLIS: Mapping[str, int] = MappingProxyType({f"{n:03d}": n for n in range(1000)})
 
 
 class _Line(msgspec.Struct, gc=False, omit_defaults=True):
@@ -95,31 +100,41 @@ class _IdentityLine(msgspec.Struct, gc=False):
     seq: int | None = None
 
 
-class IdentityReader:
-    """Data lines -> `(device_id, seq, ts)` of each reading that has a seq, in line order.
+def line_ms(epoch_s: float) -> int:
+    """The time a data line holds (`format_ts`: microseconds rounded, then cut to milliseconds),
+    as integer epoch milliseconds."""
+    return round(epoch_s * 1_000_000) // 1000
 
-    `ts` becomes the float the decoder makes of the same canonical text (whole seconds, parsed
-    once per second and remembered, plus the milliseconds), so identities read back equal those
-    of redelivered readings (sinks/dedupe.py). Lines that are not readings are skipped: at worst
+
+class IdentityReader:
+    """Data lines -> `(device_id, seq, ts_ms)` of each reading that has a seq, in line order.
+
+    `ts_ms` is the line's `ts` in integer epoch milliseconds, exactly (whole seconds parsed once
+    per second and remembered, plus the three digits), so identities read back equal those of
+    redelivered readings (sinks/dedupe.py). Lines that are not readings are skipped: at worst
     their reading is stored again, never lost.
     """
 
-    __slots__ = ("_decode", "_decode_lines", "_seconds", "skipped")
+    __slots__ = ("_decode", "_decode_lines", "_names", "_seconds", "skipped")
 
     def __init__(self) -> None:
         decoder = msgspec.json.Decoder(_IdentityLine)
         self._decode_lines = decoder.decode_lines
         self._decode = decoder.decode
-        self._seconds: dict[str, float] = {}
+        # `YYYY-MM-DDTHH:MM:SS` -> epoch milliseconds of that second.
+        self._seconds: dict[str, int] = {}
+        # One string object per device id, shared by its identities (~60 bytes each saved).
+        self._names: dict[str, str] = {}
         self.skipped = 0
 
-    def __call__(self, lines: bytes) -> list[tuple[str, int, float]]:
+    def __call__(self, lines: bytes) -> list[tuple[str, int, int]]:
         """Whole lines (each ending in a newline) -> identities."""
         try:
             decoded = self._decode_lines(lines)
         except (msgspec.DecodeError, msgspec.ValidationError):
             decoded = self._one_by_one(lines)
         seconds = self._seconds
+        name = self._names.setdefault
         identities = []
         for line in decoded:
             seq = line.seq
@@ -127,14 +142,15 @@ class IdentityReader:
                 continue
             ts = line.ts
             whole = seconds.get(ts[:19])
-            millis = MILLIS.get(ts[20:23])
+            millis = _MILLIS.get(ts[20:23])
             if whole is None or millis is None or len(ts) != 24 or ts[19] != "." or ts[23] != "Z":
-                epoch = self._parse(ts)
-                if epoch is None:
+                ts_ms = self._parse(ts)
+                if ts_ms is None:
                     continue
             else:
-                epoch = whole + millis
-            identities.append((line.device_id, seq, epoch))
+                ts_ms = whole + millis
+            device = line.device_id
+            identities.append((name(device, device), seq, ts_ms))
         return identities
 
     def _one_by_one(self, lines: bytes) -> list[_IdentityLine]:
@@ -146,29 +162,16 @@ class IdentityReader:
                 self.skipped += int(bool(line.strip()))
         return decoded
 
-    def _parse(self, ts: str) -> float | None:
-        """A ts not yet remembered (a new second) or not canonical: parsed, then made canonical."""
-        millis = MILLIS.get(ts[20:23])
-        if len(ts) == 24 and ts[19] == "." and ts[23] == "Z" and millis is not None:
-            try:
-                whole = parse_iso(ts[:19])
-            except DecodeError:
-                self.skipped += 1
-                return None
-            if len(self._seconds) >= 4096:
-                self._seconds.clear()
-            self._seconds[ts[:19]] = whole
-            return whole + millis
+    def _parse(self, ts: str) -> int | None:
+        """A ts of a second not yet remembered, or not in the canonical form."""
         try:
-            epoch = parse_iso(ts)
+            if len(ts) == 24 and ts[19] == "." and ts[23] == "Z" and ts[20:23] in _MILLIS:
+                whole = round(parse_iso(ts[:19])) * 1000
+                if len(self._seconds) >= 4096:
+                    self._seconds.clear()
+                self._seconds[ts[:19]] = whole
+                return whole + _MILLIS[ts[20:23]]
+            return line_ms(parse_iso(ts))
         except DecodeError:
             self.skipped += 1
             return None
-        return canonical_ts(epoch)
-
-
-def canonical_ts(epoch_s: float) -> float:
-    """The time a data line holds (`format_ts`: microseconds rounded, then cut to milliseconds),
-    as the float that decoding that line's `ts` gives: whole seconds plus milliseconds / 1000."""
-    whole, micros = divmod(round(epoch_s * 1_000_000), 1_000_000)
-    return float(whole) + (micros // 1000) / 1000
