@@ -7,7 +7,7 @@ DEMO_STAMP ?= $(VENV)/.installed-demo
 DEV_STAMP  ?= $(VENV)/.installed-dev
 DEMO_ARGS  ?=
 
-.PHONY: help install install-demo system-deps test faults-once lint run demo bench bench-compaction clean
+.PHONY: help install install-demo system-deps test faults-once lint run demo bench bench-compaction bench-dedupe clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,6 +52,9 @@ bench: system-deps install ## gateway vs mosquitto_sub: throughput, latency, mem
 
 bench-compaction: install ## compact 1M readings to Parquet: seconds, peak RSS, bytes before and after (~1 min)
 	$(BIN)/python -m benchmarks.compaction
+
+bench-dedupe: system-deps install ## storing once: check µs per reading, bytes per identity, start-up seeded with 1M readings (~1 min)
+	$(BIN)/python -m benchmarks.dedupe
 
 clean:
 	rm -rf $(VENV) data demo-data .pytest_cache .ruff_cache
