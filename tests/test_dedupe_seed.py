@@ -184,3 +184,14 @@ def test_a_parquet_file_without_our_segments_is_not_read(tmp_path: Path) -> None
     found, result = seeded(data, [latest])
     assert result.parquet_files == 1
     assert found == identities([reading(9, ts=now, received_at=now)])
+
+
+def test_an_unreadable_segment_is_passed_over_not_fatal(tmp_path: Path) -> None:
+    """Seeding saves storing twice, never storing at all: a broken gzip does not stop a start."""
+    data = tmp_path / "data"
+    good = write_segment(data, f"{CLIENT}-00000001", [reading(1)])
+    broken = hour_dir(data, T0) / f"{CLIENT}-00000002.jsonl.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00 not gzip at all")
+    found, result = seeded(data, [good, broken])
+    assert found == identities([reading(1)])
+    assert result.unreadable == 1

@@ -59,9 +59,6 @@ class DedupeWindow:
         """Identities remembered."""
         return len(self._seen)
 
-    def __contains__(self, identity: object) -> bool:
-        return identity in self._seen
-
     def claim(self, readings: list[Reading]) -> tuple[list[Reading], list[Identity]]:
         """(the readings to write, their identities, now claimed): a reading whose identity is
         remembered, or came earlier in `readings`, is left out. Readings without seq are kept."""

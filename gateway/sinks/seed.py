@@ -26,6 +26,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,7 @@ class Seeded:
     identities: int = 0
     segments: int = 0
     parquet_files: int = 0
+    unreadable: int = 0
     skipped_lines: int = 0
     seconds: float = 0.0
 
@@ -89,7 +91,17 @@ def seed_identities(
             break
         try:
             chunk = _tail_identities(path, reader, left)
-        except FileNotFoundError:
+        except FileNotFoundError:  # compacted since: its lines are in Parquet (read below)
+            continue
+        except (OSError, EOFError, zlib.error) as exc:
+            # Seeding saves storing twice, never storing at all: go on without this segment.
+            log.warning(
+                "dedupe window: cannot read %s (%s); its readings may be stored twice "
+                "if redelivered",
+                path,
+                exc,
+            )
+            result.unreadable += 1
             continue
         result.segments += 1
         if chunk:
@@ -100,8 +112,12 @@ def seed_identities(
         if parquet:
             reader_of = read_parquet or read_parquet_in_child
             rows: list[Identity] = []
-            for lines in reader_of(parquet, client_id, since):
-                rows += reader(lines)
+            try:
+                for lines in reader_of(parquet, client_id, since):
+                    rows += reader(lines)
+            except OSError as exc:
+                log.warning("dedupe window: cannot read recent Parquet files (%s)", exc)
+                result.unreadable += len(parquet)
             result.parquet_files = len(parquet)
             if rows:
                 newest_first.append(rows[-left:])  # compacted: older than every segment left
