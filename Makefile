@@ -16,7 +16,7 @@ FLOOR_TESTS ?= tests/test_decode_json.py tests/test_decode_senml.py tests/test_d
 	tests/test_compaction.py tests/test_compaction_readers.py tests/test_audit.py tests/test_top.py
 
 .PHONY: help install install-demo system-deps test test-floors faults lint run demo bench \
-	bench-compaction bench-decode clean
+	bench-compaction bench-decode bench-dedupe clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -72,6 +72,8 @@ bench-compaction: install ## compact 1M readings to Parquet: seconds, peak RSS, 
 
 bench-decode: install ## CPU per reading: mappings and presets against the json format (~1 min)
 	$(BIN)/python -m benchmarks.decode
+bench-dedupe: system-deps install ## storing once: check µs per reading, bytes per identity, start-up seeded with 1M readings (~1 min)
+	$(BIN)/python -m benchmarks.dedupe
 
 clean:
 	rm -rf $(VENV) $(FLOORS) data demo-data .pytest_cache .ruff_cache

@@ -95,7 +95,7 @@ class Gateway:
             self.sensor_values = SensorValues(config.sensor_values)
             m.export_sensor_values(self.sensor_values)
         on_durable = self.sensor_values.observe if self.sensor_values is not None else None
-        self._files = FileSink(config.files, client_id, m, on_durable)
+        self._files = FileSink(config.files, client_id, m, on_durable, config.dedupe)
         self._dead_letter = DeadLetterSink(config.dead_letter, config.files, client_id, m)
         self._source: MqttSource | None = None
         self._http = HttpServer(
@@ -337,7 +337,7 @@ class Gateway:
         self._transforms = transforms
         for stage in self._stages:
             stage.reconfigure(transforms, new.pipeline.processing_timeout_s)
-        self._files.reconfigure(new.files)
+        self._files.reconfigure(new.files, new.dedupe)
         self._dead_letter.reconfigure(new.dead_letter, new.files)
         if self._maintenance is not None:
             self._maintenance.reconfigure(new.compaction, new.retention, new.logging)

@@ -12,7 +12,8 @@ Keyed by (device_id, seq) for formats whose readings carry seq (json, json_batch
 values carry none, so for them only the number of metric values per device is compared.
 Rejecting faults are matched to dead-letter records by the digest of the exact payload bytes.
 `ok` means: no valid reading missing, and every rejecting fault dead-lettered with its reason.
-Duplicates are allowed (at least once) and counted.
+Duplicates are counted and allowed: readings without seq are stored at least once, and those
+with a seq once only within the limits of the dedupe window (README, Delivery guarantees).
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from gateway._version import __version__
 from gateway.app import Gateway
 from gateway.audit import main_audit
-from gateway.commands import main_compact, main_reload, main_seal
+from gateway.commands import main_compact, main_identities, main_reload, main_seal
 from gateway.config import (
     GatewayConfig,
     SubscriptionConfig,
@@ -243,6 +243,8 @@ def main(argv: list[str] | None = None, early_hangups: EarlyHangups | None = Non
         from gateway.parse import main_parse  # noqa: PLC0415
 
         return main_parse(argv[1:])
+    if argv[:1] == ["identities"]:  # internal: a starting gateway's dedupe seeding runs it
+        return main_identities(argv[1:])
     if argv[:1] == ["top"]:
         # Imported here so that rich is loaded only for this command, not in every worker.
         from gateway.top import main_top  # noqa: PLC0415

@@ -1,4 +1,5 @@
-"""`gateway compact`: one compaction and retention pass, for cron; `gateway seal`: POST /seal."""
+"""`gateway compact`: one compaction and retention pass, for cron; `gateway seal`: POST /seal;
+`gateway identities`: recent Parquet rows for a starting gateway's dedupe window (internal)."""
 
 from __future__ import annotations
 
@@ -178,3 +179,31 @@ def main_seal(argv: list[str]) -> int:
         return EXIT_FAILURE
     print(json.dumps({"sealed": sealed}))
     return EXIT_OK
+
+
+def main_identities(argv: list[str]) -> int:
+    """Print the identity lines of recent Parquet rows (run by a starting gateway)."""
+    parser = argparse.ArgumentParser(
+        prog="gateway identities",
+        description="Print device_id, ts, received_at and seq of the rows with a seq received "
+        "since a time, from Parquet files that hold segments of a client id (one JSON line each; "
+        "a starting gateway seeds its dedupe window with them).",
+    )
+    parser.add_argument("--client-id", required=True, help="whose segments count")
+    parser.add_argument("--since", type=float, required=True, help="epoch seconds")
+    parser.add_argument("files", nargs="*", type=Path, help="readings.parquet files")
+    args = parser.parse_args(argv)
+    # Here, not at the top: only this command (a child process) imports pyarrow.
+    from gateway.columnar.identities import identity_lines  # noqa: PLC0415
+
+    out = sys.stdout.buffer
+    failed = 0
+    for path in args.files:
+        try:
+            for lines in identity_lines(path, args.client_id, args.since):
+                out.write(lines)
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            print(f"gateway identities: {path}: {exc}", file=sys.stderr)
+            failed += 1
+    out.flush()
+    return EXIT_FAILURE if failed else EXIT_OK

@@ -232,11 +232,15 @@ class CheckRangeStep(_Part):
 
 
 class DropDuplicatesStep(_Part):
-    """Drop a reading whose (device_id, seq) was seen recently."""
+    """Superseded by [dedupe] (on by default); accepted so that older configs still load.
+
+    The step does nothing: the file sink drops repeats by (device_id, seq, ts). Its fields are
+    not used; with `dedupe.enabled = false` the config is refused (the two contradict).
+    """
 
     kind: Literal["drop_duplicates"]
-    window: int = Field(1024, ge=1, description="Sequence numbers remembered per device.")
-    max_devices: int = Field(100_000, ge=1, description="Devices remembered (least recent go).")
+    window: int = Field(1024, ge=1, description="Not used (was: seq numbers kept per device).")
+    max_devices: int = Field(100_000, ge=1, description="Not used (was: devices remembered).")
 
 
 class ConvertUnitsStep(_Part):
@@ -309,6 +313,37 @@ class FilesConfig(_Part):
     retry_max_s: float = Field(10.0, gt=0, description="Cap of the delay between write retries.")
     write_timeout_s: float = Field(
         30.0, gt=0, description="A write or fsync slower than this counts as a failure."
+    )
+
+
+class DedupeConfig(_Part):
+    """Each reading with a seq stored once: the identities of recently written readings."""
+
+    enabled: bool = Field(
+        True,
+        description="Drop (ack, and count as dropped, reason duplicate) a reading whose "
+        "(device_id, seq, ts) this gateway wrote recently. Readings without seq are always "
+        "written (at least once).",
+    )
+    window_s: float = Field(
+        600.0,
+        gt=0,
+        description="An identity is remembered this long after it was written (those seeded at "
+        "start: this long after start); also the span of segments read at start.",
+    )
+    max_identities: int = Field(
+        50_000,
+        ge=1,
+        description="Most identities remembered (~170 bytes each, ~250 bytes of RSS); the oldest "
+        "go first. Keep it above the readings that can be unacked at once (README: Delivery "
+        "guarantees): the default covers the default pipeline ~3 times over with one reading "
+        "per message.",
+    )
+    seed: bool = Field(
+        True,
+        description="At start, before the first message, remember the readings of this client "
+        "id's segments written in the last window_s before its last write (and of Parquet files "
+        "compacted from them), so that what a crash left unacked is not stored twice.",
     )
 
 
@@ -464,6 +499,7 @@ class GatewayConfig(BaseSettings):
     steps: tuple[StepConfig, ...] = Field((), description="Processing steps, applied in order.")
     files: FilesConfig = Field(default_factory=FilesConfig, description="The file sink.")
     dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig, description="Rejects.")
+    dedupe: DedupeConfig = Field(default_factory=DedupeConfig, description="Each reading once.")
     http: HttpConfig = Field(default_factory=HttpConfig, description="Metrics and health.")
     logging: LoggingConfig = Field(default_factory=LoggingConfig, description="Logs.")
     sensor_values: SensorValuesConfig = Field(
@@ -487,6 +523,16 @@ class GatewayConfig(BaseSettings):
                 f"limits.max_payload_bytes ({self.limits.max_payload_bytes}): the broker would "
                 "discard payloads that should arrive"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _drop_duplicates_needs_dedupe(self) -> GatewayConfig:
+        for index, step in enumerate(self.steps):
+            if isinstance(step, DropDuplicatesStep) and not self.dedupe.enabled:
+                raise ValueError(
+                    f"steps.{index}: drop_duplicates is now the [dedupe] window, and "
+                    "dedupe.enabled = false turns it off: remove one of the two"
+                )
         return self
 
     @classmethod

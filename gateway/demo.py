@@ -160,10 +160,8 @@ def demo_config(port: int, data_dir: Path, metrics_addr: str, broker: str) -> Ga
             "mqtt": {"port": port, "client_id": "demo-gateway", "protocol": protocol},
             "files": {"data_dir": data_dir, "rotate_age_s": 60},
             "http": parse_listen_addr(metrics_addr),
-            "steps": [
-                {"kind": "check_range", "metric": "temperature", "min": -60, "max": 150},
-                {"kind": "drop_duplicates"},
-            ],
+            # Duplicates (the fleet sends some on purpose) are dropped by [dedupe], on by default.
+            "steps": [{"kind": "check_range", "metric": "temperature", "min": -60, "max": 150}],
             "shutdown_grace_s": 30,
         }
     )

@@ -84,6 +84,16 @@ class GatewayMetrics:
             registry=r,
         )
         self.dropped = {reason: dropped.labels(reason) for reason in DROP_REASONS}
+        self.dedupe_identities = Gauge(
+            "gateway_dedupe_identities",
+            "Reading identities (device_id, seq, ts) the dedupe window remembers.",
+            registry=r,
+        )
+        self.dedupe_seed_seconds = Gauge(
+            "gateway_dedupe_seed_seconds",
+            "Time taken at start to seed the dedupe window from the files.",
+            registry=r,
+        )
         self.in_flight = Gauge(
             "gateway_readings_in_flight",
             "Items received but not yet written, rejected or dropped.",

@@ -44,6 +44,8 @@ RESTART_FIELDS = {
     "sensor_values.enabled": "the exported series are registered at start",
     "sensor_values.tags": "the exported series' labels are fixed at start",
     "compaction.enabled": "the maintenance task is started with the gateway",
+    "dedupe.enabled": "the dedupe window is built and seeded from the files at start",
+    "dedupe.seed": "the dedupe window is seeded from the files once, at start",
 }
 
 

@@ -118,7 +118,7 @@ async def test_metrics_over_http_agree_with_the_files_and_add_up(
         unique,
         mqtt={"protocol": protocol},
         steps=[
-            {"kind": "drop_duplicates"},
+            {"kind": "drop_duplicates"},  # an older config: accepted, [dedupe] does the work
             {"kind": "check_range", "metric": "temperature", "min": -50, "max": 100},
         ],
     )

@@ -39,10 +39,7 @@ async def test_every_fault_kind_reaches_the_dead_letter_files_with_its_reason(
                 {"template": template, "format": "json" if fmt.startswith("json") else fmt}
             ]
         },
-        steps=[
-            {"kind": "check_range", "metric": "temperature", "min": -60, "max": 150},
-            {"kind": "drop_duplicates"},
-        ],
+        steps=[{"kind": "check_range", "metric": "temperature", "min": -60, "max": 150}],
     )
     manifest = tmp_path / "manifest.jsonl"
     gateway = Gateway(config)

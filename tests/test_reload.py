@@ -60,10 +60,16 @@ def written(gateway: Gateway) -> float:
 def test_each_kind_of_change_is_classified(tmp_path: Path) -> None:
     base = GatewayConfig.model_validate({"files": {"data_dir": str(tmp_path)}})
     steps = [{"kind": "check_range", "metric": "t", "max": 1}]
-    live = with_changes(base, steps=steps, files={"rotate_age_s": 10.0}, logging={"level": "DEBUG"})
+    live = with_changes(
+        base,
+        steps=steps,
+        files={"rotate_age_s": 10.0},
+        logging={"level": "DEBUG"},
+        dedupe={"max_identities": 10},
+    )
     plan = plan_reload(base, live)
     assert (sorted(plan.live), plan.session, plan.restart) == (
-        ["files.rotate_age_s", "logging.level", "steps"],
+        ["dedupe.max_identities", "files.rotate_age_s", "logging.level", "steps"],
         [],
         {},
     )
@@ -73,9 +79,12 @@ def test_each_kind_of_change_is_classified(tmp_path: Path) -> None:
     plan = plan_reload(base, with_changes(base, mqtt={"host": "broker.example", "client_id": "x"}))
     assert sorted(plan.session) == ["mqtt.client_id", "mqtt.host"]
     plan = plan_reload(
-        base, with_changes(base, files={"data_dir": str(tmp_path / "b")}, http={"port": 1})
+        base,
+        with_changes(
+            base, files={"data_dir": str(tmp_path / "b")}, http={"port": 1}, dedupe={"seed": False}
+        ),
     )
-    assert sorted(plan.restart) == ["files.data_dir", "http.port"]
+    assert sorted(plan.restart) == ["dedupe.seed", "files.data_dir", "http.port"]
     assert plan_reload(base, base).empty
 
 

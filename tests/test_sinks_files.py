@@ -22,6 +22,7 @@ from gateway.config import FilesConfig
 from gateway.metrics import GatewayMetrics
 from gateway.model import Reading
 from gateway.sinks.files import FileSink
+from gateway.sinks.recovery import recover_segments
 from tests.support.poll import eventually
 from tests.support.readings import expected_record, line_of
 from tests.support.sinks import (
@@ -270,6 +271,33 @@ async def test_recovery_finishes_a_gzip_the_crash_interrupted(tmp_path: Path) ->
         f"{CLIENT}-00000004.jsonl.gz",
     ]
     assert gzip.decompress((part / f"{CLIENT}-00000003.jsonl.gz").read_bytes()).decode() == line
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_recovery_keeps_each_segments_modification_time_and_lists_ours(
+    tmp_path: Path, compress: bool
+) -> None:
+    """A segment's mtime is the time of its last write (the dedupe window's seeding picks
+    segments by it): cutting a torn tail or gzipping at start must not make it look new."""
+    part = tmp_path / "data" / HOUR_11
+    part.mkdir(parents=True)
+    torn = part / f"{CLIENT}-00000001.jsonl.open"
+    torn.write_bytes(line_of(reading(1)) + b'{"device_id": "torn')
+    sealed = part / f"{CLIENT}-00000002.jsonl"
+    sealed.write_bytes(line_of(reading(2)))
+    (part / "gw-other-00000003.jsonl").write_bytes(line_of(reading(3)))
+    then = time.time() - 3600
+    for path in (torn, sealed):
+        os.utime(path, (then, then))
+    found = recover_segments(tmp_path / "data", "date=*/hour=*", CLIENT, compress=compress)
+    assert found.torn_lines == 1
+    suffix = ".jsonl.gz" if compress else ".jsonl"
+    assert [p.name for p in found.segments] == [
+        f"{CLIENT}-00000001{suffix}",
+        f"{CLIENT}-00000002{suffix}",
+    ]
+    for path in found.segments:
+        assert path.stat().st_mtime == pytest.approx(then, abs=1e-3)
 
 
 async def test_duckdb_reads_sealed_segments_as_they_are(tmp_path: Path) -> None:

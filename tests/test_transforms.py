@@ -1,4 +1,5 @@
-"""Transforms: check_range rejects or flags, drop_duplicates forgets boundedly, convert_units."""
+"""Transforms: check_range rejects or flags, convert_units converts (drop_duplicates is the file
+sink's dedupe window now: tests/test_dedupe.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter
 
-from gateway.config import CheckRangeStep, ConvertUnitsStep, DropDuplicatesStep, StepConfig
-from gateway.errors import DROP_REASONS, REJECT_REASONS
+from gateway.config import CheckRangeStep, ConvertUnitsStep, StepConfig
+from gateway.errors import REJECT_REASONS
 from gateway.model import Reading
-from gateway.transforms import CheckRange, ConvertUnits, DropDuplicates, Verdict, build_transform
+from gateway.transforms import CheckRange, ConvertUnits, Verdict, build_transform
 
 NOW = 1_795_604_400.0
 STEP = TypeAdapter(StepConfig)
@@ -75,7 +76,6 @@ def convert(from_unit: str, to_unit: str) -> ConvertUnits:
     ("step", "kind"),
     [
         ({"kind": "check_range", "metric": "t", "min": 0}, CheckRange),
-        ({"kind": "drop_duplicates"}, DropDuplicates),
         (
             {"kind": "convert_units", "metric": "t", "from_unit": "degF", "to_unit": "degC"},
             ConvertUnits,
@@ -135,82 +135,6 @@ def test_a_range_with_no_bounds_or_min_above_max_is_refused_by_its_config() -> N
         check_range()
     with pytest.raises(ValueError, match=r"min \(10\) is greater than max \(5\)"):
         check_range(min=10, max=5)
-
-
-# --- drop_duplicates ---
-
-
-def dedupe(window: int = 1024, max_devices: int = 100_000) -> DropDuplicates:
-    return DropDuplicates(
-        DropDuplicatesStep(kind="drop_duplicates", window=window, max_devices=max_devices)
-    )
-
-
-def test_a_repeated_device_and_seq_is_dropped() -> None:
-    step = dedupe()
-    first = reading(seq=7)
-    assert one(step, first) is first
-    assert one(step, reading(seq=7)) is None
-
-
-def test_the_drop_is_counted_as_a_duplicate() -> None:
-    assert dedupe().drop_reason == "duplicate"
-    assert dedupe().drop_reason in DROP_REASONS
-
-
-def test_the_same_seq_from_another_device_passes() -> None:
-    step = dedupe()
-    assert one(step, reading(seq=7, device_id="a")) is not None
-    assert one(step, reading(seq=7, device_id="b")) is not None
-
-
-def test_readings_without_seq_always_pass() -> None:
-    step = dedupe()
-    assert one(step, reading()) is not None
-    assert one(step, reading()) is not None
-    assert len(step) == 0, "nothing to remember without a seq"
-
-
-def test_only_the_last_window_seq_numbers_are_remembered() -> None:
-    step = dedupe(window=2)
-    for seq in (1, 2, 3):
-        assert one(step, reading(seq=seq)) is not None
-    assert one(step, reading(seq=3)) is None
-    assert one(step, reading(seq=2)) is None
-    assert one(step, reading(seq=1)) is not None, "1 fell out of the window of 2"
-
-
-def test_the_least_recently_seen_device_is_forgotten_first() -> None:
-    step = dedupe(max_devices=2)
-    one(step, reading(seq=1, device_id="a"))
-    one(step, reading(seq=1, device_id="b"))
-    one(step, reading(seq=2, device_id="a"))  # a is now more recent than b
-    one(step, reading(seq=1, device_id="c"))  # evicts b
-    assert len(step) == 2
-    assert one(step, reading(seq=1, device_id="a")) is None
-    assert one(step, reading(seq=1, device_id="b")) is not None, "b was forgotten"
-
-
-@given(
-    events=st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 6)), max_size=60),
-    window=st.integers(1, 4),
-    max_devices=st.integers(1, 3),
-)
-def test_drop_duplicates_matches_a_plain_model_and_stays_bounded(
-    events: list[tuple[str, int]], window: int, max_devices: int
-) -> None:
-    step = dedupe(window, max_devices)
-    model: dict[str, list[int]] = {}  # device -> its last `window` new seqs; insertion = recency
-    for device, seq in events:
-        recent = model.pop(device, [])
-        duplicate = seq in recent
-        if not duplicate:
-            recent = [*recent, seq][-window:]
-        model[device] = recent
-        while len(model) > max_devices:
-            del model[next(iter(model))]
-        assert (one(step, reading(seq=seq, device_id=device)) is None) == duplicate
-        assert len(step) == len(model) <= max_devices
 
 
 # --- convert_units ---
@@ -319,11 +243,3 @@ def test_a_batch_keeps_its_order_and_each_reading_lands_in_exactly_one_outcome()
         (3, "out_of_range"),
     ]
     assert verdict.dropped == 0
-
-
-def test_duplicates_within_one_batch_are_dropped_and_counted() -> None:
-    batch = [reading(seq=seq) for seq in (1, 2, 1, 3, 2)]
-    verdict = dedupe()(batch)
-    assert [r.seq for r in verdict.kept] == [1, 2, 3]
-    assert verdict.dropped == 2
-    assert verdict.rejected == []

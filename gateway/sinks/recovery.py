@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.sinks.segment import (
@@ -21,18 +21,20 @@ _TAIL_CHUNK_BYTES = 64 * 1024
 
 @dataclass(slots=True)
 class Recovered:
-    """What recovery found and did."""
+    """What recovery found and did; `segments`: this client id's sealed segments, as left."""
 
     next_seq: int = 1
     torn_lines: int = 0
     sealed: int = 0
+    segments: list[Path] = field(default_factory=list)
 
 
 def recover_segments(root: Path, partition_glob: str, client_id: str, compress: bool) -> Recovered:
     """Repair what a crash of this client id left under `root`; blocking, run it in a thread.
 
     Only names `<client_id>-<seq>.…` are touched: other gateways may share the directory and
-    their `.open` files are theirs, alive or not.
+    their `.open` files are theirs, alive or not. A segment keeps its modification time (the
+    time of its last write) through recovery: the dedupe window's seeding picks segments by it.
     """
     # The seq is followed directly by `.jsonl`, so client id `gw` never matches `gw-2-00000001`.
     pattern = re.compile(
@@ -52,14 +54,17 @@ def recover_segments(root: Path, partition_glob: str, client_id: str, compress: 
                 stem = entry.name[: -len(match[2])]
                 found.setdefault(stem, set()).add(match[2])
         for stem, suffixes in sorted(found.items()):
-            _recover_one(directory, stem, suffixes, compress, result)
+            kept = _recover_one(directory, stem, suffixes, compress, result)
+            if kept is not None:
+                result.segments.append(kept)
     result.next_seq = last_seq + 1
     return result
 
 
 def _recover_one(
     directory: Path, stem: str, suffixes: set[str], compress: bool, result: Recovered
-) -> None:
+) -> Path | None:
+    """Repair one segment; the sealed file it is now (None when nothing is left)."""
     base = directory / stem
     if GZIP_TMP_SUFFIX in suffixes:  # a gzip that never finished; the source is still there
         os.unlink(f"{base}{GZIP_TMP_SUFFIX}")
@@ -70,21 +75,26 @@ def _recover_one(
     if compress and SEALED_SUFFIX in suffixes and GZIP_SUFFIX not in suffixes:
         # Sealed but not yet compressed when the crash came (or gzip was turned on since).
         gzip_sealed(Path(f"{base}{SEALED_SUFFIX}"))
+        return Path(f"{base}{GZIP_SUFFIX}")
     if OPEN_SUFFIX not in suffixes:
-        return
+        if GZIP_SUFFIX in suffixes:
+            return Path(f"{base}{GZIP_SUFFIX}")
+        return Path(f"{base}{SEALED_SUFFIX}") if SEALED_SUFFIX in suffixes else None
     open_path = Path(f"{base}{OPEN_SUFFIX}")
     kept, torn = _cut_torn_tail(open_path)
     result.torn_lines += torn
     if kept == 0:
         open_path.unlink()
         fsync_dir(directory)
-        return
+        return None
     sealed = Path(f"{base}{SEALED_SUFFIX}")
     os.rename(open_path, sealed)
     fsync_dir(directory)
     result.sealed += 1
     if compress:
         gzip_sealed(sealed)
+        return Path(f"{base}{GZIP_SUFFIX}")
+    return sealed
 
 
 def _cut_torn_tail(path: Path) -> tuple[int, int]:
@@ -103,6 +113,8 @@ def _cut_torn_tail(path: Path) -> tuple[int, int]:
                 break
             end = start
         if keep < size:
+            written_at = os.fstat(file.fileno()).st_mtime_ns
             file.truncate(keep)
+            os.utime(file.fileno(), ns=(written_at, written_at))  # the cut is not a write
         os.fsync(file.fileno())
     return keep, int(keep < size)

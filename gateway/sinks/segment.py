@@ -63,7 +63,8 @@ def gzip_sealed(sealed: Path) -> None:
     """Compress a sealed segment to `.jsonl.gz`: temp file, fsync, rename, drop the original.
 
     Readers see either the `.jsonl` or the complete `.jsonl.gz`; a crash in between leaves both,
-    which recovery resolves by removing the `.jsonl`.
+    which recovery resolves by removing the `.jsonl`. The `.gz` keeps the segment's modification
+    time (its last write), also when recovery compresses it long after.
     """
     stem = sealed.name[: -len(SEALED_SUFFIX)]
     tmp = sealed.with_name(stem + GZIP_TMP_SUFFIX)
@@ -74,6 +75,8 @@ def gzip_sealed(sealed: Path) -> None:
         ) as packed:
             shutil.copyfileobj(src, packed, 1 << 20)
         raw.flush()
+        written_at = os.fstat(src.fileno()).st_mtime_ns
+        os.utime(raw.fileno(), ns=(written_at, written_at))
         os.fsync(raw.fileno())
     os.rename(tmp, sealed.with_name(stem + GZIP_SUFFIX))
     fsync_dir(sealed.parent)

@@ -68,8 +68,9 @@ class SegmentStore:
     def writable(self) -> bool:
         return self._retry.writable
 
-    async def recover(self) -> None:
-        """Seal what a crash of this client id left open and continue its segment numbering."""
+    async def recover(self) -> list[Path]:
+        """Seal what a crash of this client id left open and continue its segment numbering;
+        returns this client id's sealed segments."""
         # One thread for the whole scan; no deadline, since a timed-out scan would keep running
         # beside its retry. At start nothing waits on it but the start itself.
         found = await self._retry.run(
@@ -84,6 +85,7 @@ class SegmentStore:
         self._metrics.torn_lines[self._sink].inc(found.torn_lines)
         self._metrics.segments_sealed[self._sink].inc(found.sealed)
         self._next_seq = found.next_seq
+        return found.segments
 
     async def run(
         self,
