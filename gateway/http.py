@@ -28,7 +28,11 @@ FD_HEADROOM = 128
 MIN_CONNECTIONS = 8
 # Connections the kernel holds before we accept them (no descriptor of ours). asyncio's default
 # of 100 overflows under a burst of connections, and then a scraper's SYN is dropped and only
-# retried a second later: a long queue keeps it waiting milliseconds instead.
+# retried a second later: a long queue keeps it waiting milliseconds instead. But asyncio
+# accepts up to `backlog` queued connections in one go when the listener becomes readable, before
+# the guard sees any of them: after a pause (a slow host, a stopped process) that burst holds
+# descriptors on top of the capped ones. So the backlog is also kept below the file limit:
+# see listen_backlog().
 LISTEN_BACKLOG = 1024
 REPEAT_LOG_S = 60.0
 
@@ -88,9 +92,10 @@ class HttpServer:
     async def start(self) -> None:
         await self._runner.setup()
         cfg = self._config
+        cap = connection_cap(cfg.max_connections)
         guard = ConnectionGuard(
             self._runner.server,  # type: ignore[arg-type]
-            max_connections=connection_cap(cfg.max_connections),
+            max_connections=cap,
             header_timeout_s=cfg.header_timeout_s,
             idle_timeout_s=cfg.idle_timeout_s,
             on_close=self._closed,
@@ -98,7 +103,7 @@ class HttpServer:
         try:
             # What aiohttp's TCPSite does, with the guard between the socket and aiohttp.
             self._listener = await asyncio.get_running_loop().create_server(
-                guard, cfg.host, cfg.port, reuse_address=True, backlog=LISTEN_BACKLOG
+                guard, cfg.host, cfg.port, reuse_address=True, backlog=listen_backlog(cap)
             )
         except OSError as exc:
             await self._runner.cleanup()
@@ -220,3 +225,13 @@ class _RequestErrors:
 
     def isEnabledFor(self, _level: int) -> bool:  # logging.Logger names it so
         return True
+
+
+def listen_backlog(cap: int) -> int:
+    """The listen queue for a server capped at `cap` connections: LISTEN_BACKLOG, lowered so
+    that two bursts accepted at once (the second accepted before the first's victims are closed)
+    on top of `cap` open connections still leave FD_HEADROOM of the file limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return LISTEN_BACKLOG
+    return max(MIN_CONNECTIONS, min(LISTEN_BACKLOG, (soft - FD_HEADROOM - cap) // 2))

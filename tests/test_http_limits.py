@@ -17,7 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import HttpConfig
-from gateway.http import FD_HEADROOM, HttpServer, connection_cap
+from gateway.http import FD_HEADROOM, LISTEN_BACKLOG, HttpServer, connection_cap, listen_backlog
 from tests.support.broker import Broker
 from tests.support.gateway import fleet, read_lines
 from tests.support.idle_flood import IdleFlood, time_scrapes_while
@@ -147,13 +147,25 @@ def test_the_connection_cap_stays_below_the_file_limit() -> None:
     assert connection_cap(16) == 16
 
 
+def test_the_listen_backlog_leaves_room_for_two_bursts_under_the_file_limit() -> None:
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    cap = connection_cap(64)
+    backlog = listen_backlog(cap)
+    assert backlog <= LISTEN_BACKLOG
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        assert cap + 2 * backlog <= soft - FD_HEADROOM
+
+
 @pytest.mark.slow
 async def test_1100_idle_connections_under_a_1024_file_limit_do_not_stop_metrics_or_storage(
     broker: Broker, tmp_path: Path, unique: str
 ) -> None:
     """The issue's case: 1,100 connections held open (each reopened a second after the gateway
     closes it) against a gateway whose file limit is 1024, soft and hard: /metrics answers
-    within a second, nothing fails to open, every reading published meanwhile is stored."""
+    within a second, nothing fails to open, every reading published meanwhile is stored. The
+    gateway is first stopped twice for 1.5 s (a slow or overloaded host): the connections queued
+    meanwhile arrive in one burst, which must not take the descriptors either (timing starts once
+    it answers again: while stopped it accepts nothing, and a dropped SYN is retried in 1 s)."""
     gw = GatewayProcess(broker, tmp_path, unique)
     gw.start(max_open_files=1024)
     flood: IdleFlood | None = None
@@ -161,6 +173,9 @@ async def test_1100_idle_connections_under_a_1024_file_limit_do_not_stop_metrics
         await gw.ready()
         flood = IdleFlood(int(gw.url.rsplit(":", 1)[1]), 1100)
         await flood.wait_all_open()
+        for _ in range(2):
+            await gw.pause(1.5)
+        await gw.ready()  # a scraper whose SYN the full queue dropped while it was stopped retries
         messages = fleet(unique, devices=30, per_device=100)  # 3,000
         scrapes = await time_scrapes_while(gw.url, publish(broker.host, broker.port, messages))
         opened = flood.stop()

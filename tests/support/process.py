@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -131,6 +132,15 @@ class GatewayProcess:
         """The exit code of a gateway that stops by itself (e.g. refusing to start)."""
         assert self.proc is not None, "not started"
         return await _exit_code(self.proc, timeout_s, "the gateway exits by itself")
+
+    async def pause(self, seconds: float) -> None:
+        """SIGSTOP for `seconds`, then SIGCONT: a host too busy to run it for a while."""
+        proc = self._alive()
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(seconds)  # the pause itself, not a wait for something
+        finally:
+            proc.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         proc = self._alive()
