@@ -20,7 +20,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ from gateway.errors import GatewayError
 from gateway.logs import setup_logging
 from gateway.manifest import read_header
 from gateway.parent_death import dying_with_us
+from gateway.ports import free_port, wait_for_port
 from gateway.sinks.claim import DataDirLock
 
 DEMO_LOCK = "demo"  # <data-dir>/demo.lock
@@ -66,26 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the broker exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the broker did not listen on {port}") from None
-            time.sleep(0.05)
-
-
 def _spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     """A child in its own session (Ctrl-C is ours to handle) that gets SIGTERM when we die.
 
@@ -107,7 +87,7 @@ def stop_process(proc: subprocess.Popen[bytes], signum: int, timeout_s: float = 
 
 def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     """A private broker on a free loopback port; returns (process, port, name)."""
-    port = _free_port()
+    port = free_port()
     mosquitto = shutil.which("mosquitto") or (
         "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
     )
@@ -140,10 +120,12 @@ def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
     with (workdir / "broker.err").open("wb") as err:
         proc = _spawn(cmd, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_for_port(port, proc)
-    except RuntimeError:
+        wait_for_port(port, timeout_s=20, alive=lambda: proc.poll() is None)
+    except ChildProcessError:
+        raise RuntimeError(f"the broker exited with {proc.returncode}") from None
+    except TimeoutError:
         stop_process(proc, signal.SIGTERM)
-        raise
+        raise RuntimeError(f"the broker did not listen on {port}") from None
     return proc, port, name
 
 

@@ -6,21 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks import wire
 from benchmarks.load import SUMMARY_RATE
 from gateway.manifest import iter_devices, read_header
-from tests.support.broker import Broker
-from tests.support.poll import eventually_sync
+from harness.broker import Broker
+from harness.poll import eventually_sync
+from harness.subscriber import subscribed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 30
@@ -28,47 +23,6 @@ COUNT = 20
 START_TIME = "1795600000"  # a fixed device clock: both publishers build the same bytes
 # Header fields that are about when a run happened, not what it sent.
 WHEN = ("started_at", "finished_at")
-
-
-class Subscriber:
-    """A real MQTT client (paho, own thread) that keeps every message it receives, in order."""
-
-    def __init__(self, broker: Broker, client_id: str, topic_filter: str) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        subscribed = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
-        )
-        self._client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
-        self._client.on_subscribe = lambda *_: subscribed.set()
-        # list.append is atomic under the GIL: no lock needed between paho's thread and ours.
-        self._client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
-        self._client.connect(broker.host, broker.port, keepalive=30)
-        self._client.loop_start()
-        eventually_sync(subscribed.is_set, timeout_s=10, message="SUBACK")
-
-    def by_topic(self) -> dict[str, list[bytes]]:
-        out: dict[str, list[bytes]] = {}
-        for topic, payload in self.messages:
-            out.setdefault(topic, []).append(payload)
-        return out
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-def arrived(sub: Subscriber, total: int) -> bool:
-    return len(sub.messages) >= total
-
-
-@contextmanager
-def subscribed(broker: Broker, client_id: str, topic_filter: str) -> Iterator[Subscriber]:
-    sub = Subscriber(broker, client_id, topic_filter)
-    try:
-        yield sub
-    finally:
-        sub.close()
 
 
 def publish(module: str, broker: Broker, prefix: str, qos: int, manifest: Path) -> str:
@@ -102,7 +56,7 @@ def test_blaster_sends_what_gateway_sim_sends_and_the_same_manifest(
     for module in ("benchmarks.blaster", "simulators"):
         with subscribed(broker, f"{prefix}-{module}-sub", f"{prefix}/#") as sub:
             output = publish(module, broker, prefix, qos, tmp_path / f"{module}.jsonl")
-            eventually_sync(partial(arrived, sub, total), timeout_s=20)
+            eventually_sync(lambda: len(sub.messages) >= total, timeout_s=20)
             got[module] = sub.by_topic()
         assert len(sub.messages) == total
         if module == "benchmarks.blaster":

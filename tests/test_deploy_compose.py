@@ -30,11 +30,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
 from gateway.config import GatewayConfig, load_config
+from gateway.ports import free_port, wait_for_port
+from harness.broker import MOSQUITTO, Broker
+from harness.poll import eventually_sync
 from simulators.cli import build_parser as sim_parser
 from simulators.cli import spec_from_args
-from tests.support.broker import MOSQUITTO, Broker, free_port, wait_for_port
 from tests.support.gateway import make_config, running
-from tests.support.poll import eventually_sync
 from tests.support.publish import publish_sync
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"

@@ -18,10 +18,11 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
+from gateway.ports import free_port, wait_for_port
 from gateway.sources.wire import TAKEOVER_WINDOW_S
-from tests.support.broker import Broker, free_port, wait_for_port
+from harness.broker import Broker
+from harness.poll import eventually
 from tests.support.gateway import fleet, make_config, read_lines, running
-from tests.support.poll import eventually
 
 
 class Amqtt:

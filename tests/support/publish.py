@@ -14,8 +14,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.broker import Broker
-from tests.support.poll import eventually
+from harness.broker import Broker
+from harness.poll import eventually
 
 _ids = itertools.count()
 MAX_OUTSTANDING = 10_000
