@@ -46,8 +46,8 @@ class Live:
 
 
 def first_publish_topics() -> list[str]:
-    """Topics of the first device of each publisher process: benchmarks.blaster splits the
-    devices as gateway-sim does and sends each process's first device first (on its first
+    """Topics of the first device of each publisher process: the raw transport splits the
+    devices over its processes and sends each process's first device first (on its first
     connection, written before the others)."""
     spec = RunSpec()
     return [

@@ -18,7 +18,7 @@ from typing import Any
 from benchmarks.broker import BenchBroker
 from benchmarks.gateway_proc import BenchGateway, GatewaySetup
 from benchmarks.lab import Lab
-from benchmarks.load import DEVICES, Published, finish_sim, sim_args, start_sim
+from benchmarks.load import DEVICES, Published, finish_sim, sim_command, start_sim
 from benchmarks.report import Section, Target, mb, num
 from benchmarks.stats import slope
 from harness.scrape import stored as durable
@@ -99,26 +99,28 @@ def run(lab: Lab) -> list[Section]:
     workdir = lab.scratch("memory")
     with BenchBroker(lab.children, workdir / "broker") as broker:
         lab.say(f"memory: overload for {plan.overload_s:g} s")
-        flood = sim_args(
+        flood = sim_command(
             broker,
             qos=1,
             devices=DEVICES,
             manifest=workdir / "overload.jsonl",
             processes=2,
-            extra=("--rate", "0", "--duration", f"{plan.overload_s:g}"),
+            rate=0,
+            duration=f"{plan.overload_s:g}",
         )
         overload = _observe(
             lab, broker, "overload", sim=flood, seconds=plan.overload_s, workdir=workdir,
             niceness=OVERLOAD_NICENESS,
         )  # fmt: skip
         lab.say(f"memory: {plan.many_devices:,} devices at 1 Hz for {plan.many_devices_s:g} s")
-        steady = sim_args(
+        steady = sim_command(
             broker,
             qos=1,
             devices=plan.many_devices,
             manifest=workdir / "many.jsonl",
             processes=2,
-            extra=("--rate", "1", "--duration", f"{plan.many_devices_s:g}"),
+            rate=1,
+            duration=f"{plan.many_devices_s:g}",
         )
         many = _observe(
             lab, broker, "many", sim=steady, seconds=plan.many_devices_s, workdir=workdir
