@@ -13,14 +13,22 @@ from pathlib import Path
 from typing import IO
 
 from benchmarks.proc_stats import status_bytes
+from harness.launch import Plain
 
 POLL_S = 0.005
 
 
-class Children:
+class Children(Plain):
     """Starts processes in their own process group, so a process and whatever it spawned can be
     stopped together, and kills every group still alive when the benchmark ends (even on Ctrl-C,
-    from the caller's `finally`)."""
+    from the caller's `finally`).
+
+    A process group of its own: a terminal's Ctrl-C reaches only us, and we decide the order in
+    which things stop (a gateway must get its SIGTERM, not a SIGINT mid-drain). Not a session of
+    its own: with autogroup scheduling each session is scheduled as one group, which would make
+    `nice` meaningless between our processes."""
+
+    process_group = 0
 
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
@@ -34,19 +42,7 @@ class Children:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        # A process group of its own: a terminal's Ctrl-C reaches only us, and we decide the
-        # order in which things stop (a gateway must get its SIGTERM, not a SIGINT mid-drain).
-        # Not a session of its own: with autogroup scheduling each session is scheduled as one
-        # group, which would make `nice` meaningless between our processes.
-        proc = subprocess.Popen(
-            [str(a) for a in args],
-            stdout=stdout,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-            env=env,
-            process_group=0,
-        )
+        proc = super().spawn(args, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
         self._procs.append(proc)
         return proc
 

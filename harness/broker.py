@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import signal
 import subprocess
@@ -16,10 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
 
+from gateway.local_broker import mosquitto_config, mosquitto_path
 from gateway.ports import free_port, wait_for_port
 from harness.launch import PLAIN, Launcher
 
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+MOSQUITTO = mosquitto_path() or "mosquitto"
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 HOST = "127.0.0.1"
 
@@ -57,26 +57,18 @@ class Broker:
     def write_config(self) -> Path:
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "mosquitto.conf"
-        persistence = (
-            f"persistence true\npersistence_location {self.workdir}/\n"
-            if self.persistence
-            else "persistence false\n"
-        )
         conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            # Started as root, Mosquitto switches to user `mosquitto`, which cannot write our
-            # tmp dir: no persistence file, no log. Staying the current user is a no-op otherwise.
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            f"allow_anonymous {'true' if self.anonymous else 'false'}\n"
-            f"{persistence}"
-            f"max_inflight_messages {self.max_inflight}\n"
-            f"max_queued_messages {self.max_queued}\n"
-            "max_queued_bytes 0\n"
-            # Without it, Nagle on the broker's socket gives QoS 0 tails of 20-45 ms.
-            "set_tcp_nodelay true\n"
-            f"log_dest file {self.log_path}\n"
-            + "".join(f"log_type {kind}\n" for kind in self.log_types)
-            + self.extra_config,
+            mosquitto_config(
+                self.host,
+                self.port,
+                log=self.log_path,
+                max_inflight=self.max_inflight,
+                max_queued=self.max_queued,
+                persistence_dir=self.workdir if self.persistence else None,
+                anonymous=self.anonymous,
+                log_types=self.log_types,
+                extra=self.extra_config,
+            ),
             encoding="utf-8",
         )
         return conf

@@ -26,6 +26,9 @@ class Launcher(Protocol):
 class Plain:
     """subprocess.Popen; stop = SIGTERM, then SIGKILL if it outlives `timeout_s`."""
 
+    # None: the caller's process group. 0: one of its own (see benchmarks/procs.py).
+    process_group: int | None = None
+
     def spawn(
         self,
         args: Sequence[str | Path],
@@ -42,6 +45,7 @@ class Plain:
             stderr=stderr,
             cwd=cwd,
             env=env,
+            process_group=self.process_group,
         )
 
     def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
