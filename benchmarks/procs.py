@@ -8,9 +8,6 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import IO
 
 from benchmarks.proc_stats import status_bytes
 from harness.launch import Plain
@@ -33,18 +30,8 @@ class Children(Plain):
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(
-        self,
-        args: Sequence[str | Path],
-        *,
-        stdout: IO[bytes] | int | None = subprocess.DEVNULL,
-        stderr: IO[bytes] | int | None = subprocess.DEVNULL,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        proc = super().spawn(args, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
         self._procs.append(proc)
-        return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         """SIGTERM the process (it stops its own children), wait at most `timeout_s`, then kill

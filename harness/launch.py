@@ -38,7 +38,7 @@ class Plain:
         cwd: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [str(a) for a in args],
             stdin=subprocess.DEVNULL,
             stdout=stdout,
@@ -47,6 +47,11 @@ class Plain:
             env=env,
             process_group=self.process_group,
         )
+        self.started(proc)
+        return proc
+
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
+        """Each process `spawn` starts: a launcher that keeps track of them notes it here."""
 
     def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         if proc.poll() is None:
