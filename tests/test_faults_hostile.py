@@ -4,7 +4,6 @@ broker's ACL denies, and a frozen broker. Each records a row (`make faults`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -29,7 +28,7 @@ from simulators.payloads import broken_json
 from tests.support.gateway import read_dead_letters, read_lines, reading_payload, topic
 from tests.support.idle_flood import IdleFlood, time_scrapes_while
 from tests.support.ledger import Key, accounting, holds_all, keys_of, readings, stored
-from tests.support.publish import Stream, publish, publish_sync
+from tests.support.publish import Stream, publish
 from tests.support.reliability import Matrix, Row, stored_and_stopped
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -202,7 +201,7 @@ async def flood_once(
     gw.start()
     try:
         await gw.ready()
-        await asyncio.to_thread(publish_sync, broker.host, broker.port, flood(prefix), qos, 120, 40)
+        await publish(broker.host, broker.port, flood(prefix), qos, timeout_s=120, window=40)
         flooded_at = time.monotonic()
         await eventually(holds_all(gw.data_dir, good_keys()), timeout_s=120, interval_s=0.2)
 
@@ -358,9 +357,7 @@ async def test_a_million_device_ids_cost_a_bounded_count_and_lose_nothing(
         await gw.ready()
         idle_rss = gw.peak_rss_bytes
         started = time.monotonic()
-        await asyncio.to_thread(
-            publish_sync, broker.host, broker.port, many_devices(unique), 1, 120, 200
-        )
+        await publish(broker.host, broker.port, many_devices(unique), 1, timeout_s=120, window=200)
 
         async def all_written() -> bool:
             return await gw.metric("gateway_readings_written_total") >= IDS

@@ -61,18 +61,6 @@ async def publish(
         await hub.close()
 
 
-def publish_sync(
-    host: str,
-    port: int,
-    messages: Iterable[tuple[str, bytes]],
-    qos: int = 1,
-    timeout_s: float = 60,
-    window: int = MAX_OUTSTANDING,
-) -> int:
-    """`publish` for a test without an event loop of its own (or from a thread)."""
-    return asyncio.run(publish(host, port, messages, qos, timeout_s, window))
-
-
 class Stream:
     """Publishes QoS 1 messages from a thread at a steady pace until all are PUBACKed.
 
