@@ -22,26 +22,22 @@ import argparse
 import base64
 import binascii
 import bisect
-import contextlib
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
 
 from gateway.compaction.partitions import (
     Partition,
     dead_letter_partitions,
     hour_partitions,
-    open_segment,
     tree_lock,
 )
 from gateway.errors import CompactionError
+from gateway.layout import DEAD_LETTER_DIR
 from gateway.manifest import DeviceRecord, iter_devices, payload_digest, read_header
-from gateway.sinks.dead_letter import DEAD_LETTER_DIR
-from gateway.sinks.segment import OPEN_SUFFIX
+from gateway.segment_reader import complete_lines, open_live_segment, open_segment
 
 __all__ = ["DEAD_LETTER_DIR", "AuditReport", "DeviceAudit", "audit", "format_table", "main_audit"]
 # Per device, at most this many runs of missing seqs are listed (all are counted).
@@ -218,26 +214,6 @@ class _Tally:
         return isinstance(seq, int) and self.sent(seq) and seq not in self.rejecting
 
 
-@contextlib.contextmanager
-def _open_or_sealed(partition: Partition, stem: str) -> Iterator[IO[bytes]]:
-    """An open segment's bytes; if it was sealed since the listing, the sealed file's."""
-    try:
-        source = (partition.directory / f"{stem}{OPEN_SUFFIX}").open("rb")
-    except FileNotFoundError:
-        with open_segment(partition.directory, stem) as sealed:
-            yield sealed
-        return
-    with source:
-        yield source
-
-
-def _complete_lines(source: IO[bytes]) -> Iterator[bytes]:
-    # The last line of an open segment may be a write in progress: only whole lines count.
-    for line in source:
-        if line.endswith(b"\n") and line.strip():
-            yield line
-
-
 @dataclass(slots=True)
 class _Fault:
     device: int  # index into the tallies
@@ -285,13 +261,13 @@ class _Auditor:
             for stem in sorted(partition.sealed.keys() - covered):
                 self.data_files += 1
                 with open_segment(partition.directory, stem) as source:
-                    for line in _complete_lines(source):
+                    for line in complete_lines(source):
                         self._data_line(line, in_open=False)
             for stem in sorted(partition.open):
                 self.data_files += 1
                 self.open_files += 1
-                with _open_or_sealed(partition, stem) as source:
-                    for line in _complete_lines(source):
+                with open_live_segment(partition.directory, stem) as source:
+                    for line in complete_lines(source):
                         self._data_line(line, in_open=True)
 
     def _read_parquet(self, partition: Partition) -> frozenset[str]:
@@ -356,12 +332,12 @@ class _Auditor:
             for stem in sorted(partition.sealed):
                 self.dl_files += 1
                 with open_segment(partition.directory, stem) as source:
-                    for line in _complete_lines(source):
+                    for line in complete_lines(source):
                         self._dead_letter_line(line)
             for stem in sorted(partition.open):
                 self.dl_files += 1
-                with _open_or_sealed(partition, stem) as source:
-                    for line in _complete_lines(source):
+                with open_live_segment(partition.directory, stem) as source:
+                    for line in complete_lines(source):
                         self._dead_letter_line(line)
 
     def _dead_letter_line(self, line: bytes) -> None:

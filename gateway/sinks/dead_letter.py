@@ -10,14 +10,12 @@ import orjson
 
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
+from gateway.layout import DAY_GLOB, DEAD_LETTER_DIR, day_partition
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Rejection, make_ts_formatter
-from gateway.sinks.lines import day_partition
 from gateway.sinks.segments import Parts, SegmentStore
 
 logger = logging.getLogger(__name__)
-
-DEAD_LETTER_DIR = "dead-letter"
 
 
 class DeadLetterSink:
@@ -38,7 +36,7 @@ class DeadLetterSink:
         self._last_digest: tuple[bytes, str] = (b"", "")
         self._store = SegmentStore(
             files.data_dir / DEAD_LETTER_DIR,
-            partition_glob="date=*",
+            partition_glob=DAY_GLOB,
             sink="dead_letter",
             client_id=client_id,
             config=files,

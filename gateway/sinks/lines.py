@@ -4,13 +4,13 @@ back, data lines -> the identities of their readings (for the dedupe window at s
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import MappingProxyType
 
 import msgspec
 
 from gateway.decode.timestamps import parse_iso
 from gateway.errors import DecodeError
+from gateway.layout import hour_partition
 from gateway.model import Reading, make_ts_formatter
 
 # "000".."999" -> 0..999: one look-up both checks three ASCII digits and converts them.
@@ -80,16 +80,6 @@ class LineEncoder:
             )
         encode_lines = self._encode_lines
         return {key: encode_lines(part) for key, part in parts.items()}
-
-
-def hour_partition(ts: float) -> str:
-    """`date=YYYY-MM-DD/hour=HH` (UTC) of an epoch time."""
-    return datetime.fromtimestamp(int(ts // 3600) * 3600, UTC).strftime("date=%Y-%m-%d/hour=%H")
-
-
-def day_partition(ts: float) -> str:
-    """`date=YYYY-MM-DD` (UTC) of an epoch time."""
-    return datetime.fromtimestamp(int(ts // 86400) * 86400, UTC).strftime("date=%Y-%m-%d")
 
 
 class _IdentityLine(msgspec.Struct, gc=False):
