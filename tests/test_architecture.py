@@ -33,7 +33,7 @@ OWNERS = {
     "orjson": {"sinks/dead_letter.py", "audit.py", "manifest.py", "columnar/"},
     "tenacity": {"backoff.py"},
     "aiofiles": {"sinks/"},
-    "prometheus_client": {"metrics.py", "http.py"},
+    "prometheus_client": {"metrics/", "http.py"},
     "aiohttp": {"http.py"},
     "rich": {"top/"},  # the terminal view of `gateway top` only
     "pyarrow": {"columnar/"},  # Parquet files of readings
