@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from gateway._version import __version__
+from gateway.addresses import parse_broker_url, parse_listen_addr
 from gateway.app import Gateway
 from gateway.audit import main_audit
 from gateway.commands import main_compact, main_identities, main_reload, main_seal
@@ -26,8 +27,6 @@ from gateway.config import (
     SubscriptionConfig,
     format_validation_error,
     load_config,
-    parse_broker_url,
-    parse_listen_addr,
 )
 from gateway.decode import SubscriptionDecoders
 from gateway.demo import main_demo

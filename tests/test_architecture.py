@@ -20,7 +20,7 @@ LAYER = {
     "compaction": 2, "audit": 2,
     "app": 3,
     "cli": 4, "__main__": 4, "__init__": 4, "demo": 4, "demo_terminal": 4, "top": 4,
-    "supervisor": 4, "commands": 4, "parse": 4, "subscriptions": 0,
+    "supervisor": 4, "commands": 4, "parse": 4, "subscriptions": 0, "addresses": 4,
 }  # fmt: skip
 
 OWNERS = {
