@@ -15,8 +15,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from gateway._version import __version__
 from gateway.addresses import parse_broker_url, parse_listen_addr
 from gateway.app import Gateway
@@ -25,8 +23,8 @@ from gateway.commands import main_compact, main_identities, main_reload, main_se
 from gateway.config import (
     GatewayConfig,
     SubscriptionConfig,
-    format_validation_error,
     load_config,
+    validate_subscription,
 )
 from gateway.decode import SubscriptionDecoders
 from gateway.demo import main_demo
@@ -193,15 +191,9 @@ def apply_subscription_flags(config: GatewayConfig, args: argparse.Namespace) ->
 
 
 def _subscription(fields: dict[str, Any], index: int) -> SubscriptionConfig:
-    try:
-        return SubscriptionConfig.model_validate(fields)
-    except ValidationError as exc:
-        where = f"mqtt.subscriptions.{index} (from --topic/--template/--format)"
-        problems = [
-            f"{where}: {problem.removeprefix('(top level): ')}"
-            for problem in format_validation_error(exc)
-        ]
-        raise ConfigError("; ".join(problems), problems) from exc
+    return validate_subscription(
+        fields, f"mqtt.subscriptions.{index} (from --topic/--template/--format)"
+    )
 
 
 def resolve_config(args: argparse.Namespace) -> GatewayConfig:

@@ -563,6 +563,19 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
+def validate_subscription(fields: dict[str, Any], where: str) -> SubscriptionConfig:
+    """One subscription from fields (the CLI's flags); ConfigError naming `where` in each
+    problem, so that pydantic's errors stay in this module."""
+    try:
+        return SubscriptionConfig.model_validate(fields)
+    except ValidationError as exc:
+        problems = [
+            f"{where}: {problem.removeprefix('(top level): ')}"
+            for problem in format_validation_error(exc)
+        ]
+        raise ConfigError("; ".join(problems), problems) from exc
+
+
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> GatewayConfig:
     """Defaults < TOML file < GATEWAY_* environment < overrides (flags); ConfigError on problems."""
     if path is not None and not path.is_file():

@@ -6,13 +6,12 @@ import base64
 import hashlib
 import logging
 
-import orjson
-
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
 from gateway.layout import DAY_GLOB, DEAD_LETTER_DIR, day_partition
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Rejection, make_ts_formatter
+from gateway.sinks.lines import record_line
 from gateway.sinks.segments import Parts, SegmentStore
 
 logger = logging.getLogger(__name__)
@@ -98,8 +97,7 @@ class DeadLetterSink:
             record["payload_truncated"] = True
             record["payload_bytes"] = full_size
             record["payload_sha256"] = rejection.payload_sha256 or self._sha256(rejection.payload)
-        # orjson: dead-letter records are dicts with optional keys, a few µs each at most.
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        return record_line(record)
 
     def _sha256(self, payload: bytes) -> str:
         """The SHA-256 of a whole payload cut here (one a step rejected)."""

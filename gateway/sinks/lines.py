@@ -1,5 +1,6 @@
-"""Readings -> JSON Lines bytes, per batch, grouped by hour partition (the line encoder); and
-back, data lines -> the identities of their readings (for the dedupe window at start)."""
+"""Readings -> JSON Lines bytes, per batch, grouped by hour partition (the line encoder), and
+dead-letter records -> lines; back, data lines -> the identities of their readings (for the
+dedupe window at start). The one place that encodes file lines."""
 
 from __future__ import annotations
 
@@ -80,6 +81,15 @@ class LineEncoder:
             )
         encode_lines = self._encode_lines
         return {key: encode_lines(part) for key, part in parts.items()}
+
+
+_encode_record = msgspec.json.Encoder().encode
+
+
+def record_line(record: Mapping[str, object]) -> bytes:
+    """One record with optional keys (a dead letter) as a JSON line, newline included (UTF-8);
+    a few µs each at most."""
+    return _encode_record(record) + b"\n"
 
 
 class _IdentityLine(msgspec.Struct, gc=False):
