@@ -27,9 +27,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.addresses import parse_listen_addr
 from gateway.app import Gateway
 from gateway.audit import audit, format_table
-from gateway.config import GatewayConfig, parse_listen_addr
+from gateway.config import GatewayConfig
 from gateway.demo_terminal import Metrics, StatusLine, foreground_group
 from gateway.errors import GatewayError
 from gateway.logs import setup_logging

@@ -20,7 +20,7 @@ import pytest_asyncio
 from gateway import Gateway
 from gateway.errors import DrainError
 from gateway.hangups import PARENT_DEATH_SIGNAL
-from gateway.sinks.lines import hour_partition
+from gateway.layout import hour_partition
 from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, running
 from tests.support.ledger import accounting, holds_all, keys_of, open_segments, readings, stored

@@ -15,8 +15,8 @@ import duckdb
 
 from gateway import Gateway
 from gateway.audit import audit
-from gateway.compaction.partitions import LOCK_NAME, PARQUET_NAME
 from gateway.config import FilesConfig
+from gateway.layout import LOCK_NAME, PARQUET_NAME
 from tests.support.broker import Broker
 from tests.support.gateway import fleet, make_config, reading_payload, running, topic
 from tests.support.manifests import write_manifest_for
