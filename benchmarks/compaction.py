@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.config import FilesConfig
+from gateway.layout import SEALED_SUFFIX, segment_name
 from gateway.model import Reading
 from gateway.sinks.lines import LineEncoder
-from gateway.sinks.segment import GZIP_LEVEL, SEALED_SUFFIX, segment_name
+from gateway.sinks.segment import GZIP_LEVEL
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # 2026-11-25T11:00:00Z: long past, so the partition is closed whatever the grace.

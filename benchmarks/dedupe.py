@@ -33,13 +33,14 @@ from benchmarks.compaction import HOUR, write_partition
 from benchmarks.procs import Children
 from gateway.config import DedupeConfig, GatewayConfig
 from gateway.decode import SubscriptionDecoders
+from gateway.layout import SEALED_SUFFIX
 from gateway.model import Reading, format_ts
 from gateway.ports import free_port
 from gateway.sinks.dedupe import DedupeWindow
 from gateway.sinks.lines import LineEncoder
 from gateway.sinks.recovery import recover_segments
 from gateway.sinks.seed import seed_identities
-from gateway.sinks.segment import SEALED_SUFFIX, gzip_sealed
+from gateway.sinks.segment import gzip_sealed
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BATCH = 1000

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import proc_stats, reference
-from benchmarks.audit_files import audit_dirs
 from benchmarks.broker import BenchBroker
 from benchmarks.gateway_proc import BenchGateway, GatewaySetup
 from benchmarks.procs import Children, wait_or_stop
 from benchmarks.profile import Profiler
+from gateway.audit import audit as audit_files
 from harness.scrape import merge, stored
 
 # Scrape slowly while far from done (a scrape costs the gateway ~1-3 ms), fast at the start and
@@ -259,7 +259,7 @@ def finish_gateways(
         error = f"exit codes {codes}: " + _tails(gateways)
     audit = None
     if manifest.exists():  # else the load failed, and said so
-        audit = audit_dirs(manifest, [g.data_dir for g in gateways], workdir / "audit-view")
+        audit = audit_files(manifest, [g.data_dir for g in gateways])
     return Drain(
         label,
         expected,
@@ -270,7 +270,7 @@ def finish_gateways(
         startup_s=watch.startup_s,
         cpu_running_s=watch.cpu_running_s,
         first_answer_s=watch.first_answer_s,
-        audit=audit.as_dict() if audit else None,
+        audit=audit.summary() if audit else None,
         error=error,
     )
 

@@ -6,7 +6,6 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -564,39 +563,17 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return lines
 
 
-def parse_broker_url(url: str) -> dict[str, Any]:
-    """`mqtt://[user@]host[:port]` or `mqtts://...` -> mqtt config fields."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("mqtt", "mqtts"):
-        raise ConfigError(f"--broker {url!r}: scheme must be mqtt:// or mqtts://")
-    if parts.password is not None:
-        raise ConfigError(
-            "--broker: do not put a password in the URL (it shows in `ps`); "
-            "use GATEWAY_MQTT__PASSWORD or mqtt.password_file"
-        )
-    if not parts.hostname:
-        raise ConfigError(f"--broker {url!r}: no host")
+def validate_subscription(fields: dict[str, Any], where: str) -> SubscriptionConfig:
+    """One subscription from fields (the CLI's flags); ConfigError naming `where` in each
+    problem, so that pydantic's errors stay in this module."""
     try:
-        port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"--broker {url!r}: {exc}") from exc
-    tls = parts.scheme == "mqtts"
-    fields: dict[str, Any] = {
-        "host": parts.hostname,
-        "port": port or (8883 if tls else 1883),
-        "tls": {"enabled": tls},
-    }
-    if parts.username:
-        fields["username"] = parts.username
-    return fields
-
-
-def parse_listen_addr(addr: str) -> dict[str, Any]:
-    """`HOST:PORT` -> http config fields."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ConfigError(f"--metrics-addr {addr!r}: expected HOST:PORT")
-    return {"host": host.strip("[]") or "127.0.0.1", "port": int(port)}
+        return SubscriptionConfig.model_validate(fields)
+    except ValidationError as exc:
+        problems = [
+            f"{where}: {problem.removeprefix('(top level): ')}"
+            for problem in format_validation_error(exc)
+        ]
+        raise ConfigError("; ".join(problems), problems) from exc
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> GatewayConfig:

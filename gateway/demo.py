@@ -24,9 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from gateway.addresses import parse_listen_addr
 from gateway.app import Gateway
 from gateway.audit import audit, format_table
-from gateway.config import GatewayConfig, parse_listen_addr
+from gateway.config import GatewayConfig
 from gateway.demo_terminal import Metrics, StatusLine, foreground_group
 from gateway.errors import GatewayError
 from gateway.local_broker import amqtt_config, amqtt_path, mosquitto_config, mosquitto_path

@@ -229,9 +229,11 @@ class _RequestErrors:
 
 def listen_backlog(cap: int) -> int:
     """The listen queue for a server capped at `cap` connections: LISTEN_BACKLOG, lowered so
-    that two bursts accepted at once (the second accepted before the first's victims are closed)
-    on top of `cap` open connections still leave FD_HEADROOM of the file limit."""
+    that the bursts in flight at once still leave FD_HEADROOM of the file limit. Under a
+    connection storm a loop iteration can hold four: the burst it accepts now, the one accepted
+    before whose protocols it makes, their victims (aborted, closed only at the next iteration)
+    and the one before that, just made (the guard sees it, it is over the cap until evicted)."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY:
         return LISTEN_BACKLOG
-    return max(MIN_CONNECTIONS, min(LISTEN_BACKLOG, (soft - FD_HEADROOM - cap) // 2))
+    return max(MIN_CONNECTIONS, min(LISTEN_BACKLOG, (soft - FD_HEADROOM - cap) // 4))

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
-from gateway.config import parse_broker_url
+from gateway.addresses import parse_broker_url
 from gateway.errors import ConfigError
 from gateway.manifest import FAULT_KINDS, FORMATS
 from simulators.faults import FaultPlan, parse_fault_arg
@@ -212,7 +212,7 @@ def _sites(text: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _broker(args: argparse.Namespace) -> BrokerSpec:
-    fields = parse_broker_url(args.broker)
+    fields = parse_broker_url(args.broker, password_hint="use --password-file")
     password = None
     if args.password_file is not None:
         try:

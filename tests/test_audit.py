@@ -374,3 +374,29 @@ def test_compacted_partitions_are_read_from_parquet_and_counted_once(
     expected = 28 if fmt == "json" else 28 * 2
     assert (t.expected, t.found, t.missing, t.duplicated) == (expected, expected, 0, 0)
     assert report.data_lines == 28
+
+
+def test_several_data_directories_are_audited_as_one_store(tmp_path: Path) -> None:
+    """The gateways of a scale-out each write their own directory, with the same file names:
+    audited together, each file counts once; audited alone, one holds only part of the run."""
+    run = write_run(tmp_path)
+    other = tmp_path / "data-2"
+    moved = other / run.segment.relative_to(run.data_dir)  # same partition, same segment name
+    moved.parent.mkdir(parents=True)
+    lines = run.lines()
+    moved.write_text("".join(lines[10:]), encoding="utf-8")
+    run.rewrite(lines[:10])
+    dead = other / run.dead_letter.relative_to(run.data_dir)
+    dead.parent.mkdir(parents=True)
+    run.dead_letter.rename(dead)
+
+    report = audit(run.manifest, [run.data_dir, other])
+    assert report.ok
+    t = report.total
+    assert (t.expected, t.found, t.missing, t.duplicated) == (28, 28, 0, 0)
+    assert (report.data_files, report.dead_letter_files) == (2, 1)
+    assert report.data_dir == f"{run.data_dir}, {other}"
+    assert not audit(run.manifest, run.data_dir).ok, "one directory alone misses the rest"
+    argv = ["--manifest", str(run.manifest), "--data-dir", str(run.data_dir)]
+    assert main_audit([*argv, "--data-dir", str(other)]) == 0
+    assert main_audit(argv) == 1

@@ -12,8 +12,8 @@ import duckdb
 import pytest
 
 from gateway.compaction.maintenance import Maintenance
-from gateway.compaction.partitions import PARQUET_NAME, PARQUET_TMP_NAME
 from gateway.config import CompactionConfig, RetentionConfig
+from gateway.layout import PARQUET_NAME, PARQUET_TMP_NAME
 from gateway.metrics import Registry, StorageMetrics
 from gateway.model import Reading
 from tests.support.partitions import HOUR_S, T0, fleet, hour_dir, reading, write_segment

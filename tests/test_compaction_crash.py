@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import audit
-from gateway.compaction.partitions import PARQUET_NAME, PARQUET_TMP_NAME
 from gateway.compaction.steps import STEPS
+from gateway.layout import PARQUET_NAME, PARQUET_TMP_NAME
 from gateway.model import Reading
 from tests.support.manifests import write_manifest_for
 from tests.support.partitions import T0, fleet, hour_dir, reading, write_segment

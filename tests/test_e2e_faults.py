@@ -20,7 +20,7 @@ import pytest_asyncio
 from gateway import Gateway
 from gateway.errors import DrainError
 from gateway.hangups import PARENT_DEATH_SIGNAL
-from gateway.sinks.lines import hour_partition
+from gateway.layout import hour_partition
 from harness.broker import Broker
 from harness.gateway import GatewayProcess
 from harness.poll import eventually

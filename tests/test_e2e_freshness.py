@@ -15,8 +15,8 @@ import duckdb
 
 from gateway import Gateway
 from gateway.audit import audit
-from gateway.compaction.partitions import LOCK_NAME, PARQUET_NAME
 from gateway.config import FilesConfig
+from gateway.layout import LOCK_NAME, PARQUET_NAME
 from harness.broker import Broker
 from harness.poll import eventually
 from harness.scrape import scrape, value

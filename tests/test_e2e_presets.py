@@ -16,6 +16,7 @@ import pytest
 
 from gateway import Gateway
 from gateway.audit import audit, format_table
+from gateway.layout import DEAD_LETTER_DIR
 from gateway.manifest import read_header
 from harness.broker import Broker
 from harness.poll import eventually
@@ -128,7 +129,7 @@ def test_a_filter_its_template_cannot_read_fails_at_start_naming_both(tmp_path: 
     assert done.returncode == 2
     assert "filter 'home/#' and template 'sensors/{site}/{device_id}/telemetry'" in done.stderr
     assert "cannot match the same topic" in done.stderr
-    assert not (tmp_path / "dead-letter").exists()
+    assert not (tmp_path / DEAD_LETTER_DIR).exists()
 
 
 def test_check_config_refuses_the_same_mismatch_from_a_file(tmp_path: Path) -> None:

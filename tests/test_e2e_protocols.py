@@ -40,7 +40,7 @@ class Amqtt:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # SIGTERM kills it uncleanly (FACTS)
+            self.proc.send_signal(signal.SIGINT)  # amqtt stops cleanly on SIGINT only
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -63,8 +63,8 @@ async def test_auto_falls_back_to_3_1_1_on_amqtt_and_stores_readings(
     async with running(Gateway(config)) as gateway:
         assert gateway.metrics.sample("gateway_mqtt_protocol", version="3.1.1") == 1
         assert gateway.metrics.sample("gateway_mqtt_protocol", version="5") == 0
-        # amqtt drops what it acked but had not forwarded when a publisher leaves (FACTS): the
-        # publisher stays connected until the gateway has everything.
+        # amqtt drops what it acked but had not forwarded when a publisher leaves (seen with
+        # amqtt 0.11): the publisher stays connected until the gateway has everything.
         publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{unique}")
         publisher.connect(amqtt_broker.host, amqtt_broker.port)
         publisher.loop_start()

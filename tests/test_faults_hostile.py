@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import REJECT_REASONS
+from gateway.layout import DEAD_LETTER_DIR
 from gateway.model import format_ts
 from gateway.topics import filter_matches
 from harness.broker import Broker, acl_broker
@@ -215,7 +216,7 @@ async def flood_once(
         assert await gw.terminate() == 0
     finally:
         gw.cleanup()
-    dead_letter = gw.data_dir / "dead-letter"
+    dead_letter = gw.data_dir / DEAD_LETTER_DIR
     missing, duplicated, summary = accounting(stored(gw.data_dir), good_keys())
     return FloodRun(
         peak,

@@ -147,13 +147,17 @@ def test_the_connection_cap_stays_below_the_file_limit() -> None:
     assert connection_cap(16) == 16
 
 
-def test_the_listen_backlog_leaves_room_for_two_bursts_under_the_file_limit() -> None:
-    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    cap = connection_cap(64)
-    backlog = listen_backlog(cap)
-    assert backlog <= LISTEN_BACKLOG
-    if soft != resource.RLIM_INFINITY and soft < 4096:
-        assert cap + 2 * backlog <= soft - FD_HEADROOM
+def test_the_listen_backlog_leaves_room_for_four_bursts_under_the_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        for limit in (256, 1024, 4096):  # a systemd service's default soft limit is 1024
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(limit, hard), hard))
+            cap = connection_cap(64)
+            backlog = listen_backlog(cap)
+            assert 8 <= backlog <= LISTEN_BACKLOG
+            assert cap + 4 * backlog <= min(limit, hard) - FD_HEADROOM
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 @pytest.mark.slow

@@ -8,9 +8,9 @@ from typing import Any
 
 from gateway.compaction.maintenance import Maintenance
 from gateway.config import CompactionConfig, RetentionConfig
+from gateway.layout import DEAD_LETTER_DIR, day_partition
 from gateway.metrics import Registry, StorageMetrics
 from gateway.model import Rejection
-from gateway.sinks.dead_letter import DEAD_LETTER_DIR, day_partition
 from tests.support.partitions import HOUR_S, T0, fleet, hour_dir, write_segment
 from tests.support.readings import dead_letter_line_of
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.layout import DEAD_LETTER_DIR, HOUR_GLOB, OPEN_SUFFIX
 from gateway.ports import free_port
 from gateway.sinks.claim import lock_holder
 from harness.broker import Broker
@@ -51,7 +52,7 @@ async def test_a_second_gateway_on_the_same_directory_and_client_id_refuses_to_s
     await eventually(
         lambda: len(read_lines(first.data_dir, include_open=True)) == 50, message="50 written"
     )
-    (segment,) = first.data_dir.glob("date=*/hour=*/*.jsonl.open")
+    (segment,) = first.data_dir.glob(f"{HOUR_GLOB}/*{OPEN_SUFFIX}")
 
     second.start()
     assert await second.exited() == 1
@@ -102,7 +103,7 @@ def test_a_data_directory_that_cannot_take_files_fails_the_start_naming_it(
 ) -> None:
     """Issue 11, problem 4: it used to report ready until the first message came."""
     data_dir = tmp_path / "data"
-    where = data_dir if blocked == "data" else data_dir / "dead-letter"
+    where = data_dir if blocked == "data" else data_dir / DEAD_LETTER_DIR
     where.parent.mkdir(parents=True, exist_ok=True)
     where.write_text("a file, not a directory\n", encoding="utf-8")
     out = _run_once(tmp_path, "--data-dir", str(data_dir), "--metrics-addr", "127.0.0.1:0")

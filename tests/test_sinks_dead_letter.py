@@ -15,6 +15,7 @@ import pytest
 
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
+from gateway.layout import DEAD_LETTER_DIR
 from gateway.metrics import GatewayMetrics
 from gateway.model import Rejection, rejection_of
 from gateway.sinks.dead_letter import DeadLetterSink
@@ -57,7 +58,7 @@ def make_sink(
     sink = DeadLetterSink(
         DeadLetterConfig(max_payload_bytes=max_payload_bytes), files_config, CLIENT, metrics
     )
-    return sink, metrics, tmp_path / "data" / "dead-letter"
+    return sink, metrics, tmp_path / "data" / DEAD_LETTER_DIR
 
 
 async def store(sink: DeadLetterSink, acks: Acks[Rejection], items: list[Rejection]) -> None:

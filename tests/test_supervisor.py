@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from gateway.layout import HOUR_GLOB, OPEN_SUFFIX
 from gateway.metrics import MergedWorkers, Registry
 from harness.broker import Broker
 from harness.gateway import GatewayProcess
@@ -121,7 +122,7 @@ async def test_merged_metrics_are_fetched_from_the_workers_at_each_scrape(
     assert await _written(gw) == 500  # one scrape, no waiting for the supervisor's poll
 
     # POST /seal to the supervisor reaches every worker: nothing stays in an open segment.
-    still_open = len(list(gw.data_dir.glob("date=*/hour=*/*.jsonl.open")))
+    still_open = len(list(gw.data_dir.glob(f"{HOUR_GLOB}/*{OPEN_SUFFIX}")))
     assert still_open >= 1
     request = urllib.request.Request(f"{gw.url}/seal", method="POST", data=b"")
     body = await asyncio.to_thread(_read, request)

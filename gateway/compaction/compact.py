@@ -24,10 +24,12 @@ from dataclasses import dataclass, field
 from gateway.columnar.reader import covered_segments, read_schema
 from gateway.columnar.schema import Shape, shape_of
 from gateway.columnar.writer import Written, write_partition
-from gateway.compaction.partitions import PARQUET_TMP_NAME, Partition, open_segment
+from gateway.compaction.partitions import Partition
 from gateway.compaction.steps import Step, no_step
 from gateway.config import CompactionConfig
 from gateway.errors import CompactionError, compaction_error
+from gateway.layout import PARQUET_TMP_NAME
+from gateway.segment_reader import open_segment
 from gateway.sinks.segment import fsync_dir
 
 

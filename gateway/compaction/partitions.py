@@ -1,35 +1,33 @@
 """What is on disk: the hour (and dead-letter day) partitions, their segments, their Parquet file.
 
-Segment names and suffixes are the sinks' (gateway/sinks/segment.py); a segment is known by its
-stem `<client-id>-<seq>`, whatever suffix it has now, since a seal or a gzip renames it.
+Names and suffixes are gateway/layout.py's; a segment is known by its stem `<client-id>-<seq>`,
+whatever suffix it has now, since a seal or a gzip renames it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import gzip
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO
 
-from gateway.sinks.dead_letter import DEAD_LETTER_DIR
-from gateway.sinks.segment import GZIP_SUFFIX, GZIP_TMP_SUFFIX, OPEN_SUFFIX, SEALED_SUFFIX
+from gateway.layout import (
+    DATE_DIR,
+    DEAD_LETTER_DIR,
+    GZIP_TMP_SUFFIX,
+    HOUR_DIR,
+    LOCK_NAME,
+    OPEN_SUFFIX,
+    PARQUET_NAME,
+    PARQUET_TMP_NAME,
+    split_name,
+)
 
-PARQUET_NAME = "readings.parquet"
-PARQUET_TMP_NAME = PARQUET_NAME + ".tmp"
-# Held exclusively while compaction or retention changes the tree, shared while an audit reads it.
-LOCK_NAME = ".compaction.lock"
 HOUR_S = 3600.0
 DAY_S = 86400.0
-_DATE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
-_HOUR = re.compile(r"^hour=(\d{2})$")
-# Longest first: `.jsonl` is a suffix of none of the others, but they all end differently.
-_SUFFIXES = (GZIP_TMP_SUFFIX, GZIP_SUFFIX, OPEN_SUFFIX, SEALED_SUFFIX)
 
 
 @dataclass(slots=True)
@@ -61,16 +59,8 @@ class Partition:
         return self.directory / PARQUET_NAME
 
 
-def split_name(name: str) -> tuple[str, str] | None:
-    """(stem, suffix) of a segment file name, or None for anything else."""
-    for suffix in _SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], suffix
-    return None
-
-
 def _day_start(name: str) -> float | None:
-    match = _DATE.match(name)
+    match = DATE_DIR.match(name)
     if match is None:
         return None
     try:
@@ -111,7 +101,7 @@ def hour_partitions(data_dir: Path) -> list[Partition]:
         if day_start is None:
             continue
         for hour in _subdirs(day):
-            match = _HOUR.match(hour.name)
+            match = HOUR_DIR.match(hour.name)
             if match is not None and int(match[1]) < 24:
                 with contextlib.suppress(FileNotFoundError):  # removed meanwhile
                     found.append(_list(hour, day_start + int(match[1]) * HOUR_S, HOUR_S))
@@ -135,31 +125,6 @@ def _subdirs(directory: Path) -> list[Path]:
             return sorted(Path(e.path) for e in entries if e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return []
-
-
-@contextlib.contextmanager
-def open_segment(directory: Path, stem: str) -> Iterator[IO[bytes]]:
-    """A sealed segment's bytes, uncompressed, by stem.
-
-    The `.jsonl.gz` is preferred: it exists only once complete (written to a temp name, fsynced,
-    renamed), and then the `.jsonl` is about to go. A `.jsonl` that vanishes while we look has
-    just been gzipped, so the `.gz` is tried again.
-    """
-    base = directory / stem
-    for suffix in (GZIP_SUFFIX, SEALED_SUFFIX, GZIP_SUFFIX):
-        path = Path(f"{base}{suffix}")
-        try:
-            raw = path.open("rb")
-        except FileNotFoundError:
-            continue
-        with raw:
-            if suffix == GZIP_SUFFIX:
-                with gzip.GzipFile(fileobj=raw) as unpacked:
-                    yield unpacked  # type: ignore[misc]  # a GzipFile reads bytes like IO[bytes]
-            else:
-                yield raw
-        return
-    raise FileNotFoundError(f"segment {stem} in {directory}: neither {SEALED_SUFFIX} nor .gz")
 
 
 @contextlib.contextmanager

@@ -14,8 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.compaction.partitions import PARQUET_NAME, Partition
+from gateway.compaction.partitions import Partition
 from gateway.errors import DeleteReason
+from gateway.layout import PARQUET_NAME, is_hour_dir
 from gateway.sinks.segment import fsync_dir
 
 
@@ -65,7 +66,7 @@ def _delete_partition(directory: Path) -> int:
     with contextlib.suppress(OSError):
         directory.rmdir()
         fsync_dir(directory.parent)
-        if directory.parent.name.startswith("date=") and directory.name.startswith("hour="):
+        if is_hour_dir(directory):
             directory.parent.rmdir()
             fsync_dir(directory.parent.parent)
     return deleted

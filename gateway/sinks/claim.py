@@ -23,7 +23,7 @@ from pathlib import Path
 
 from gateway.config import FilesConfig
 from gateway.errors import StartupError
-from gateway.sinks.dead_letter import DEAD_LETTER_DIR
+from gateway.layout import DEAD_LETTER_DIR
 from gateway.sinks.segment import fsync_dir, make_dirs
 
 LOCK_SUFFIX = ".lock"

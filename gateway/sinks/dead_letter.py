@@ -6,18 +6,15 @@ import base64
 import hashlib
 import logging
 
-import orjson
-
 from gateway.channel import Channel
 from gateway.config import DeadLetterConfig, FilesConfig
+from gateway.layout import DAY_GLOB, DEAD_LETTER_DIR, day_partition
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Rejection, make_ts_formatter
-from gateway.sinks.lines import day_partition
+from gateway.sinks.lines import record_line
 from gateway.sinks.segments import Parts, SegmentStore
 
 logger = logging.getLogger(__name__)
-
-DEAD_LETTER_DIR = "dead-letter"
 
 
 class DeadLetterSink:
@@ -38,7 +35,7 @@ class DeadLetterSink:
         self._last_digest: tuple[bytes, str] = (b"", "")
         self._store = SegmentStore(
             files.data_dir / DEAD_LETTER_DIR,
-            partition_glob="date=*",
+            partition_glob=DAY_GLOB,
             sink="dead_letter",
             client_id=client_id,
             config=files,
@@ -100,8 +97,7 @@ class DeadLetterSink:
             record["payload_truncated"] = True
             record["payload_bytes"] = full_size
             record["payload_sha256"] = rejection.payload_sha256 or self._sha256(rejection.payload)
-        # orjson: dead-letter records are dicts with optional keys, a few µs each at most.
-        return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        return record_line(record)
 
     def _sha256(self, payload: bytes) -> str:
         """The SHA-256 of a whole payload cut here (one a step rejected)."""

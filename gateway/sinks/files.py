@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from gateway.channel import Channel
 from gateway.config import DedupeConfig, FilesConfig
+from gateway.layout import HOUR_GLOB
 from gateway.metrics import GatewayMetrics
 from gateway.model import Envelope, Reading
 from gateway.sinks.dedupe import DedupeWindow, Identity
@@ -51,7 +52,7 @@ class FileSink:
             metrics.dedupe_identities.set_function(lambda: len(window))
         self._store = SegmentStore(
             config.data_dir,
-            partition_glob="date=*/hour=*",
+            partition_glob=HOUR_GLOB,
             sink="files",
             client_id=client_id,
             config=config,

@@ -1,16 +1,17 @@
-"""Readings -> JSON Lines bytes, per batch, grouped by hour partition (the line encoder); and
-back, data lines -> the identities of their readings (for the dedupe window at start)."""
+"""Readings -> JSON Lines bytes, per batch, grouped by hour partition (the line encoder), and
+dead-letter records -> lines; back, data lines -> the identities of their readings (for the
+dedupe window at start). The one place that encodes file lines."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from types import MappingProxyType
 
 import msgspec
 
 from gateway.decode.timestamps import parse_iso
 from gateway.errors import DecodeError
+from gateway.layout import hour_partition
 from gateway.model import Reading, make_ts_formatter
 
 # "000".."999" -> 0..999: one look-up both checks three ASCII digits and converts them.
@@ -82,14 +83,13 @@ class LineEncoder:
         return {key: encode_lines(part) for key, part in parts.items()}
 
 
-def hour_partition(ts: float) -> str:
-    """`date=YYYY-MM-DD/hour=HH` (UTC) of an epoch time."""
-    return datetime.fromtimestamp(int(ts // 3600) * 3600, UTC).strftime("date=%Y-%m-%d/hour=%H")
+_encode_record = msgspec.json.Encoder().encode
 
 
-def day_partition(ts: float) -> str:
-    """`date=YYYY-MM-DD` (UTC) of an epoch time."""
-    return datetime.fromtimestamp(int(ts // 86400) * 86400, UTC).strftime("date=%Y-%m-%d")
+def record_line(record: Mapping[str, object]) -> bytes:
+    """One record with optional keys (a dead letter) as a JSON line, newline included (UTF-8);
+    a few µs each at most."""
+    return _encode_record(record) + b"\n"
 
 
 class _IdentityLine(msgspec.Struct, gc=False):

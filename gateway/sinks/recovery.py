@@ -7,14 +7,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.sinks.segment import (
+from gateway.layout import (
     GZIP_SUFFIX,
     GZIP_TMP_SUFFIX,
     OPEN_SUFFIX,
     SEALED_SUFFIX,
-    fsync_dir,
-    gzip_sealed,
+    SEGMENT_SUFFIXES,
 )
+from gateway.segment_reader import end_of_last_line
+from gateway.sinks.segment import fsync_dir, gzip_sealed
 
 _TAIL_CHUNK_BYTES = 64 * 1024
 
@@ -39,7 +40,7 @@ def recover_segments(root: Path, partition_glob: str, client_id: str, compress: 
     # The seq is followed directly by `.jsonl`, so client id `gw` never matches `gw-2-00000001`.
     pattern = re.compile(
         rf"^{re.escape(client_id)}-(\d{{8,}})"
-        r"(\.jsonl\.open|\.jsonl\.gz\.tmp|\.jsonl\.gz|\.jsonl)$"
+        "(" + "|".join(map(re.escape, SEGMENT_SUFFIXES)) + ")$"
     )
     result = Recovered()
     last_seq = 0
@@ -101,17 +102,7 @@ def _cut_torn_tail(path: Path) -> tuple[int, int]:
     """Truncate after the last newline and fsync; return (bytes kept, torn lines cut: 0 or 1)."""
     with open(path, "r+b", buffering=0) as file:
         size = file.seek(0, os.SEEK_END)
-        end = size
-        keep = 0
-        while end > 0:
-            start = max(0, end - _TAIL_CHUNK_BYTES)
-            file.seek(start)
-            chunk = file.read(end - start)
-            newline = chunk.rfind(b"\n")
-            if newline >= 0:
-                keep = start + newline + 1
-                break
-            end = start
+        keep = end_of_last_line(file, size, _TAIL_CHUNK_BYTES)
         if keep < size:
             written_at = os.fstat(file.fileno()).st_mtime_ns
             file.truncate(keep)

@@ -19,9 +19,7 @@ an identity and writing it cannot make a later redelivery look like a repeat.
 
 from __future__ import annotations
 
-import gzip
 import logging
-import os
 import subprocess
 import sys
 import threading
@@ -31,14 +29,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.compaction.partitions import PARQUET_NAME
+from gateway.layout import GZIP_SUFFIX, HOUR_GLOB, PARQUET_NAME
+from gateway.segment_reader import (
+    BLOCK_BYTES,
+    blocks,
+    line_blocks_from_end,
+    open_segment_file,
+    whole_lines,
+)
 from gateway.sinks.dedupe import Identity
 from gateway.sinks.lines import IdentityReader
-from gateway.sinks.segment import GZIP_SUFFIX
 
 log = logging.getLogger(__name__)
 
-BLOCK_BYTES = 1 << 20
 # The `gateway identities` child: at most this long (it reads only row groups within the span).
 PARQUET_TIMEOUT_S = 120.0
 
@@ -132,53 +135,29 @@ def _tail_identities(path: Path, reader: IdentityReader, limit: int) -> list[Ide
     """The last `limit` identities of one segment, in line order."""
     if path.name.endswith(GZIP_SUFFIX):
         found: list[Identity] = []
-        with gzip.open(path, "rb") as source:
-            for lines in whole_lines(iter(lambda: source.read(BLOCK_BYTES), b"")):
+        with open_segment_file(path) as source:
+            for lines in whole_lines(blocks(source, BLOCK_BYTES)):
                 found += reader(lines)
                 if len(found) > 2 * limit:  # keep only the newest in memory
                     del found[:-limit]
         return found[-limit:]
-    blocks: list[list[Identity]] = []
+    newest_first: list[list[Identity]] = []
     count = 0
     with open(path, "rb") as source:
-        end = source.seek(0, os.SEEK_END)
-        carry = b""  # a line whose start is in an earlier block
-        while end > 0 and count < limit:
-            start = max(0, end - BLOCK_BYTES)
-            source.seek(start)
-            block = source.read(end - start) + carry
-            end = start
-            cut = block.find(b"\n") + 1 if start > 0 else 0
-            if start > 0 and cut == 0:  # one line longer than a block
-                carry = block
-                continue
-            carry, lines = block[:cut], block[cut:]
-            if lines:
-                found = reader(lines)
-                blocks.append(found)
-                count += len(found)
-    in_order = [identity for block in reversed(blocks) for identity in block]
+        for lines in line_blocks_from_end(source, BLOCK_BYTES):
+            found = reader(lines)
+            newest_first.append(found)
+            count += len(found)
+            if count >= limit:
+                break
+    in_order = [identity for block in reversed(newest_first) for identity in block]
     return in_order[-limit:]
-
-
-def whole_lines(blocks: Iterator[bytes]) -> Iterator[bytes]:
-    """Blocks of a stream, re-cut to end at line ends (a last line without one comes last)."""
-    carry = b""
-    for block in blocks:
-        cut = block.rfind(b"\n") + 1
-        if cut == 0:
-            carry += block
-            continue
-        yield carry + block[:cut]
-        carry = block[cut:]
-    if carry:
-        yield carry
 
 
 def _changed_parquet(root: Path, since: float) -> list[Path]:
     """Parquet files written at or after `since`: only they can hold readings written since."""
     changed = []
-    for path in root.glob(f"date=*/hour=*/{PARQUET_NAME}"):
+    for path in root.glob(f"{HOUR_GLOB}/{PARQUET_NAME}"):
         try:
             if path.stat().st_mtime >= since:
                 changed.append(path)
@@ -200,7 +179,7 @@ def read_parquet_in_child(files: list[Path], client_id: str, since: float) -> It
         timer = threading.Timer(PARQUET_TIMEOUT_S, child.kill)
         timer.start()
         try:
-            yield from whole_lines(iter(lambda: stdout.read(BLOCK_BYTES), b""))
+            yield from whole_lines(blocks(stdout, BLOCK_BYTES))
         finally:
             timer.cancel()
             code = child.wait()

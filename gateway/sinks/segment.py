@@ -14,18 +14,14 @@ from typing import Any, TypeVar
 import aiofiles
 from aiofiles.threadpool.binary import AsyncFileIO
 
-OPEN_SUFFIX = ".jsonl.open"
-SEALED_SUFFIX = ".jsonl"
-GZIP_SUFFIX = ".jsonl.gz"
-GZIP_TMP_SUFFIX = ".jsonl.gz.tmp"
+from gateway.layout import GZIP_SUFFIX, GZIP_TMP_SUFFIX, OPEN_SUFFIX, SEALED_SUFFIX, segment_name
+
+__all__ = ["GZIP_LEVEL", "Segment", "fsync_dir", "gzip_sealed", "make_dirs", "segment_name"]
+
 # zlib level 6 is the usual trade; gzip's default 9 costs about twice the CPU for ~3% on JSON.
 GZIP_LEVEL = 6
 
 T = TypeVar("T")
-
-
-def segment_name(client_id: str, seq: int) -> str:
-    return f"{client_id}-{seq:08d}"
 
 
 def fsync_dir(directory: Path) -> None:

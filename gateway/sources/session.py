@@ -6,15 +6,17 @@ outlives it. One reading's way in: the wire parses a read of the socket into a b
 no longer read, TCP fills, and the broker holds the rest) until the run loop hands it on; the
 burst's QoS 1 messages are tracked in the connection's AckWindow, which sends their PUBACKs in
 arrival order once the pipeline says they are stored.
+
+Beside it: connect.py opens a wire (options, TLS, which MQTT version), intake.py holds what was
+delivered until handed on, subscribing.py reads the broker's (UN)SUBACKs, silence.py watches
+each subscription for silence.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -22,14 +24,14 @@ from dataclasses import dataclass
 from gateway.backoff import backoff
 from gateway.config import MqttSourceConfig
 from gateway.errors import BrokerError, MqttProtocol
-from gateway.logs import OncePer
 from gateway.metrics import GatewayMetrics
 from gateway.model import Ack, Inbound
 from gateway.sources.acks import AckWindow
+from gateway.sources.connect import FailureLog, open_wire, tls_context
+from gateway.sources.intake import PendingBursts
 from gateway.sources.silence import Silence, SubscriptionWatch
-from gateway.sources.wire import ConnectOptions, SubscribeOutcome, Wire
-from gateway.sources.wire_v5 import connect_v5
-from gateway.sources.wire_v311 import connect_v311
+from gateway.sources.subscribing import answer, check_suback, log_unsubscribed
+from gateway.sources.wire import SubscribeOutcome, Wire
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,6 @@ Handler = Callable[[list[Inbound]], Awaitable[None]]
 
 # A session that lasted this long was healthy: the next failure starts the backoff afresh.
 STABLE_SESSION_S = 10.0
-# With protocol "auto", an MQTT 5 CONNECT gets at most this long before 3.1.1 is tried: some
-# 3.1.1-only brokers (amqtt) never answer an MQTT 5 CONNECT.
-PROBE_TIMEOUT_S = 5.0
-# The same kind of failure is logged again at most this often (with how many there were).
-REPEAT_LOG_S = 60.0
-# Topic and payload bytes handed to the handler at once: it decodes them all before the first
-# wait for room, and decoded readings weigh several times their payload.
-HANDOFF_BYTES = 1024 * 1024
-# Errors of an MQTT 5 attempt after which, with protocol "auto", 3.1.1 is tried.
-_NOT_SPEAKING_V5 = frozenset(
-    {"refused_protocol", "connack_timeout", "connection_lost", "protocol_error"}
-)
 
 
 class _Connection:
@@ -92,23 +82,6 @@ class _NextSession:
 _RECONFIGURED = object()
 
 
-class _Reporter:
-    """Logs a failure, but the same kind again only every REPEAT_LOG_S (with a count)."""
-
-    def __init__(self) -> None:
-        self._once = OncePer(REPEAT_LOG_S)
-
-    def report(self, error: BrokerError, what_next: str) -> None:
-        repeats = self._once.allow(error.reason)
-        if repeats is None:
-            return
-        again = f" ({repeats} more like it since the last report)" if repeats else ""
-        log.warning("broker: %s; %s%s", error, what_next, again)
-
-    def forget(self) -> None:
-        self._once.forget()
-
-
 class MqttSource:
     """Receives messages from one broker and hands them on in bursts, acking only when told."""
 
@@ -134,9 +107,7 @@ class MqttSource:
         self._metrics = metrics
         self._handler = handler
         self._conn: _Connection | None = None
-        self._pending: collections.deque[Inbound] = collections.deque()
-        self._pending_messages = 0
-        self._pending_bytes = 0
+        self._intake = PendingBursts()
         self._wake = asyncio.Event()
         self._stop_reading = asyncio.Event()
         self._closing = asyncio.Event()
@@ -154,8 +125,8 @@ class MqttSource:
         self._connected_before = False
         # "auto": unknown until a broker answers; then kept for this process.
         self._protocol: MqttProtocol | None = None if config.protocol == "auto" else config.protocol
-        self._reporter = _Reporter()
-        self._tls = _tls_context(config) if config.tls.enabled else None
+        self._reporter = FailureLog()
+        self._tls = tls_context(config) if config.tls.enabled else None
         self._warned_qos: set[str] = set()
         metrics.unacked.set_function(self._unacked)
         metrics.mqtt_stalled.set_function(lambda: 1 if self._watch.silent else 0)
@@ -263,7 +234,7 @@ class MqttSource:
                 protocol = upcoming.config.protocol
                 self._protocol = None if protocol == "auto" else protocol
             self._config = upcoming.config
-            self._tls = _tls_context(upcoming.config) if upcoming.config.tls.enabled else None
+            self._tls = tls_context(upcoming.config) if upcoming.config.tls.enabled else None
             self._watch = self._watch.renewed(
                 upcoming.config.subscriptions, upcoming.config.stall_timeout_s
             )
@@ -272,20 +243,9 @@ class MqttSource:
     async def _answer(
         self, waiter: asyncio.Future[list[SubscribeOutcome]], what: str
     ) -> list[SubscribeOutcome]:
-        """The broker's answer to a (UN)SUBSCRIBE sent on the live session. A backlog may hold
-        it back: only silence counts against subscribe_timeout_s."""
-        sent_at = time.monotonic()
-        while not waiter.done():
-            quiet = time.monotonic() - max(sent_at, self._last_message_at)
-            if quiet > self._config.subscribe_timeout_s:
-                waiter.cancel()
-                raise BrokerError("suback_timeout", f"no {what} within the subscribe timeout")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.2):
-                    await asyncio.shield(waiter)
-        if waiter.cancelled():
-            raise BrokerError("connection_lost", f"the session ended before the {what}")
-        return waiter.result()
+        return await answer(
+            waiter, what, self._config.subscribe_timeout_s, lambda: self._last_message_at
+        )
 
     async def _note_subscribed(self, filters: list[str]) -> None:
         self._remembered = set(filters)
@@ -299,39 +259,21 @@ class MqttSource:
 
     def take(self, burst: Inbound, redelivered: int) -> None:
         """A burst from the current wire: hold it for the run loop, within the intake bounds."""
-        self._pending.append(burst)
-        self._pending_messages += len(burst)
-        self._pending_bytes += burst.nbytes
+        self._intake.add(burst)
         if redelivered:
             self._metrics.mqtt_redeliveries.inc(redelivered)
         self._last_message_at = now = time.monotonic()
         self._watch.heard(burst.topics, now)
         cfg = self._config
-        if (
-            self._pending_messages >= cfg.max_buffered_messages
-            or self._pending_bytes >= cfg.max_buffered_bytes
-        ):
+        if self._intake.over(cfg.max_buffered_messages, cfg.max_buffered_bytes):
             self._pause()
         self._wake.set()
 
     def _hand_off(self) -> tuple[list[Inbound], int]:
-        """The oldest bursts, up to HANDOFF_BYTES of them (at least one): decoded, a reading
-        weighs several times its share of the payload, so the intake is handed on in slices."""
-        pending = self._pending
-        bursts = [pending.popleft()]
-        nbytes, messages = bursts[0].nbytes, len(bursts[0])
-        while pending and nbytes + pending[0].nbytes <= HANDOFF_BYTES:
-            burst = pending.popleft()
-            bursts.append(burst)
-            nbytes += burst.nbytes
-            messages += len(burst)
-        self._pending_messages -= messages
-        self._pending_bytes -= nbytes
+        """The oldest bursts (intake.py says how many); reading resumes once below the bounds."""
+        bursts, messages = self._intake.hand_off()
         cfg = self._config
-        if (
-            self._pending_messages < cfg.max_buffered_messages
-            and self._pending_bytes < cfg.max_buffered_bytes
-        ):
+        if not self._intake.over(cfg.max_buffered_messages, cfg.max_buffered_bytes):
             self._resume()
         return bursts, messages
 
@@ -469,22 +411,6 @@ class MqttSource:
         if counter is not None:
             counter.inc()
 
-    def _options(self, connect_timeout_s: float | None = None) -> ConnectOptions:
-        cfg = self._config
-        return ConnectOptions(
-            host=cfg.host,
-            port=cfg.port,
-            client_id=cfg.client_id,
-            keepalive_s=cfg.keepalive_s,
-            connect_timeout_s=connect_timeout_s or cfg.connect_timeout_s,
-            session_expiry_s=cfg.session_expiry_s,
-            receive_maximum=cfg.receive_maximum,
-            max_packet_bytes=cfg.max_packet_bytes,
-            username=cfg.username,
-            password=cfg.read_password() if cfg.username is not None else None,
-            tls=self._tls,
-        )
-
     async def _connect(self) -> _Connection:
         if self._attempts:
             self._metrics.mqtt_reconnects.inc()
@@ -528,33 +454,9 @@ class MqttSource:
         return conn
 
     async def _open(self, conn: _Connection) -> Wire:
-        """A wire speaking the configured protocol; with "auto", MQTT 5 first, then 3.1.1 when
-        the broker does not answer MQTT 5 (refused, closed or silent)."""
-        if self._protocol == "3.1.1":
-            return await connect_v311(self._options(), conn)
-        if self._protocol == "5":
-            return await connect_v5(self._options(), conn)
-        probe_s = min(self._config.connect_timeout_s, PROBE_TIMEOUT_S)
-        try:
-            wire: Wire = await connect_v5(self._options(probe_s), conn)
-        except BrokerError as v5_error:
-            if v5_error.reason not in _NOT_SPEAKING_V5:
-                raise
-            try:
-                wire = await connect_v311(self._options(), conn)
-            except BrokerError as v311_error:
-                also = (
-                    "the same over MQTT 5"
-                    if v311_error.reason == v5_error.reason
-                    else f"over MQTT 5: {v5_error}"
-                )
-                raise BrokerError(
-                    v311_error.reason,  # type: ignore[arg-type]
-                    f"{v311_error} ({also})",
-                ) from None
-            log.warning(
-                "the broker does not speak MQTT 5 (%s); using MQTT 3.1.1 from now on", v5_error
-            )
+        """A wire speaking the configured protocol (connect.py); "auto" is settled by the first
+        broker that answers, for this process."""
+        wire = await open_wire(self._config, self._protocol, self._tls, conn)
         self._protocol = wire.protocol
         return wire
 
@@ -588,7 +490,7 @@ class MqttSource:
         stale = sorted(self._remembered - {f for f, _ in filters})
         if stale:
             unsuback = wire.unsubscribe(stale)
-            unsuback.add_done_callback(lambda done: _log_unsubscribed(stale, done))
+            unsuback.add_done_callback(lambda done: log_unsubscribed(stale, done))
         subscribing = wire.subscribe(filters)
         subscribing.add_done_callback(lambda _: wake.set())
         suback: asyncio.Future[list[SubscribeOutcome]] | None = subscribing
@@ -619,7 +521,7 @@ class MqttSource:
                     return BrokerError(
                         "suback_timeout", f"no SUBACK within {cfg.subscribe_timeout_s}s"
                     )
-            if self._pending:
+            if self._intake:
                 bursts, messages = self._hand_off()
                 # Counted as received when handed on, in the same step as the handler counts
                 # them in flight: received = in flight + settled holds at every scrape.
@@ -660,29 +562,10 @@ class MqttSource:
                     await wake.wait()
 
     def _check_suback(self, outcomes: Sequence[SubscribeOutcome]) -> BrokerError | None:
-        """The SUBACK's verdict: the error naming each refused filter and why, or None."""
-        refused = [o for o in outcomes if o.failure is not None]
-        if refused:
-            names = "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused)
-            return BrokerError(
-                "subscribe_refused",
-                f"the broker refused the subscription to {names} (check its ACL for this "
-                "client; the gateway is not ready until every filter is granted)",
-            )
-        for wanted, outcome in zip(self._config.subscriptions, outcomes, strict=False):
-            granted = outcome.granted_qos
-            if (
-                granted is not None
-                and granted < wanted.qos
-                and wanted.filter not in self._warned_qos
-            ):
-                self._warned_qos.add(wanted.filter)
-                log.warning(
-                    "the broker granted QoS %d for %r (asked %d): at most once for that filter",
-                    granted,
-                    wanted.effective_filter,
-                    wanted.qos,
-                )
+        """The SUBACK's verdict (subscribing.py); when every filter is granted, subscribed."""
+        refused = check_suback(self._config.subscriptions, outcomes, self._warned_qos)
+        if refused is not None:
+            return refused
         self._mark_subscribed()
         log.info(
             "subscribed to %s", ", ".join(s.effective_filter for s in self._config.subscriptions)
@@ -695,28 +578,3 @@ class MqttSource:
         self._watch.subscribed(time.monotonic())
         self.subscribed.set()
         self._metrics.mqtt_connected.set(1)
-
-
-def _log_unsubscribed(filters: list[str], done: asyncio.Future[list[SubscribeOutcome]]) -> None:
-    if done.cancelled() or done.exception() is not None:
-        return
-    refused = [o for o in done.result() if o.failure is not None]
-    if refused:
-        log.warning(
-            "could not unsubscribe %s",
-            "; ".join(f"{o.topic_filter!r}: {o.failure}" for o in refused),
-        )
-    else:
-        log.info("unsubscribed from %s (no longer configured)", ", ".join(filters))
-
-
-def _tls_context(config: MqttSourceConfig) -> ssl.SSLContext:
-    """The TLS context both wires use (asyncio's transport for MQTT 5, paho for 3.1.1)."""
-    tls = config.tls
-    context = ssl.create_default_context(cafile=str(tls.ca_file) if tls.ca_file else None)
-    if tls.cert_file is not None and tls.key_file is not None:
-        context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context

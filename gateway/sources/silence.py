@@ -1,8 +1,9 @@
 """SubscriptionWatch: per subscription, when a message last arrived and whether it went silent.
 
 A subscription can be granted and still deliver nothing: Mosquitto 2.0.11 grants the SUBACK of a
-filter its ACL denies and then sends nothing, to MQTT 3.1.1 and 5 clients alike (FACTS.md), and a
-frozen broker sends nothing until the keepalive ends the connection. Only silence tells, so each
+filter its ACL denies and then sends nothing, to MQTT 3.1.1 and 5 clients alike (shown by
+tests/test_e2e_silence.py), and a frozen broker sends nothing until the keepalive ends the
+connection. Only silence tells, so each
 subscription is watched on its own: one busy filter must not hide a starved one. Subscriptions
 are named by their configured `name` or their index, never by topic text from the network.
 """

@@ -1,4 +1,4 @@
-"""MQTT 3.1.1 through paho's public API (the compatibility path); the only paho user.
+"""MQTT 3.1.1 through paho's public API (the compatibility path); the gateway's only paho user.
 
 paho runs no thread here: its socket is registered with the event loop, and the loop calls
 paho's public `loop_read`, `loop_write` and `loop_misc` (as aiomqtt does internally). Acks are
@@ -79,7 +79,8 @@ class V311Wire(WireState):
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=o.client_id,
-            # Our session must outlive the connection (FACTS: aiomqtt's default wipes it).
+            # Our session must outlive the connection (MQTT 3.1.1 §3.1.2.4; aiomqtt's default,
+            # a clean session, wipes it on every reconnect).
             clean_session=False,
             protocol=paho.MQTTv311,
             reconnect_on_failure=False,

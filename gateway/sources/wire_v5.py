@@ -80,8 +80,9 @@ class V5Wire(WireState, asyncio.Protocol):
                 o.client_id,
                 username=o.username,
                 password=o.password.encode() if o.password is not None else None,
-                # Our session must outlive the connection: never a clean start (FACTS: aiomqtt's
-                # default wipes it on every reconnect), and a session expiry > 0.
+                # Our session must outlive the connection (MQTT 5 §3.1.2.4, §3.1.2.11.2): never
+                # a clean start (aiomqtt's default, which wipes it on every reconnect), and a
+                # session expiry > 0.
                 clean_start=False,
                 keep_alive=o.keepalive_s,
                 session_expiry_interval=o.session_expiry_s,

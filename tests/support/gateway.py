@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway import Gateway, GatewayConfig
+from gateway.layout import DEAD_LETTER_DIR, segment_files
 from gateway.model import format_ts
+from gateway.segment_reader import complete_lines, open_segment_file
 from tests.support.broker import Broker
 from tests.support.poll import eventually
 
@@ -101,25 +103,22 @@ def fleet(prefix: str, devices: int, per_device: int) -> Iterator[tuple[str, byt
 
 
 def read_lines(root: Path, include_open: bool = False) -> list[dict[str, Any]]:
-    """Every JSON line of the segments under root (dead-letter excluded).
+    """Every JSON line of the segments under root, plain or gzipped (dead-letter excluded).
 
     Sealed segments only, unless include_open: then the complete lines of open ones too.
     """
     rows = []
-    paths = list(root.glob("**/*.jsonl"))
-    if include_open:
-        paths += root.glob("**/*.jsonl.open")
-    for path in sorted(paths):
-        if "dead-letter" in path.relative_to(root).parts:
+    for path in segment_files(root, include_open=include_open):
+        if DEAD_LETTER_DIR in path.relative_to(root).parts:
             continue
-        text = path.read_text(encoding="utf-8")
-        rows.extend(json.loads(line) for line in text.split("\n")[:-1])
+        with open_segment_file(path) as source:
+            rows.extend(json.loads(line) for line in complete_lines(source))
     return rows
 
 
 def read_dead_letters(data_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    for path in sorted((data_dir / "dead-letter").glob("**/*.jsonl")):
-        with path.open(encoding="utf-8") as f:
-            rows.extend(json.loads(line) for line in f)
+    for path in segment_files(data_dir / DEAD_LETTER_DIR):
+        with open_segment_file(path) as source:
+            rows.extend(json.loads(line) for line in complete_lines(source))
     return rows

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from gateway.layout import OPEN_SUFFIX
 from tests.support.gateway import read_lines, reading_payload, topic
 
 Key = tuple[str, int]
@@ -57,4 +58,4 @@ def accounting(counts: Counter[Key], sent: set[Key]) -> tuple[set[Key], int, str
 
 
 def open_segments(data_dir: Path) -> list[Path]:
-    return sorted(data_dir.glob("**/*.jsonl.open"))
+    return sorted(data_dir.glob(f"**/*{OPEN_SUFFIX}"))

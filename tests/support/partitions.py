@@ -6,6 +6,7 @@ import gzip
 from datetime import UTC, datetime
 from pathlib import Path
 
+from gateway.layout import GZIP_SUFFIX, SEALED_SUFFIX, hour_partition
 from gateway.model import Reading
 from tests.support.readings import line_of
 
@@ -15,7 +16,7 @@ HOUR_S = 3600.0
 
 
 def hour_dir(data_dir: Path, ts: float) -> Path:
-    return data_dir / datetime.fromtimestamp(ts, UTC).strftime("date=%Y-%m-%d/hour=%H")
+    return data_dir / hour_partition(ts)
 
 
 def reading(device: int, seq: int, ts: float = T0, **metrics: float) -> Reading:
@@ -37,12 +38,12 @@ def fleet(devices: int, per_device: int, ts: float = T0) -> list[Reading]:
 
 
 def write_segment(
-    data_dir: Path, name: str, readings: list[Reading], suffix: str = ".jsonl"
+    data_dir: Path, name: str, readings: list[Reading], suffix: str = SEALED_SUFFIX
 ) -> Path:
     """Segment `<name><suffix>` in the hour partition of its first reading."""
     directory = hour_dir(data_dir, readings[0].ts)
     directory.mkdir(parents=True, exist_ok=True)
     data = b"".join(line_of(r) for r in readings)
     path = directory / f"{name}{suffix}"
-    path.write_bytes(gzip.compress(data, mtime=0) if suffix.endswith(".gz") else data)
+    path.write_bytes(gzip.compress(data, mtime=0) if suffix == GZIP_SUFFIX else data)
     return path

@@ -15,8 +15,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.channel import Channel
+from gateway.layout import SEALED_SUFFIX
 from gateway.metrics import GatewayMetrics
 from gateway.model import Ack, Envelope
+from gateway.segment_reader import open_segment_file
 
 T = TypeVar("T")
 
@@ -93,13 +95,14 @@ def files(root: Path, pattern: str) -> list[Path]:
 
 
 def lines_of(path: Path) -> list[dict[str, Any]]:
-    """Every line of a JSON Lines file, parsed; fails on a torn or invalid line."""
-    data = path.read_bytes()
+    """Every line of a segment file (plain or gzipped), parsed; fails on a torn or invalid line."""
+    with open_segment_file(path) as source:
+        data = source.read()
     assert not data or data.endswith(b"\n"), f"{path} ends in a torn line"
     return [json.loads(line) for line in data.splitlines()]
 
 
-def records(root: Path, pattern: str = "*.jsonl") -> list[dict[str, Any]]:
+def records(root: Path, pattern: str = f"*{SEALED_SUFFIX}") -> list[dict[str, Any]]:
     return [record for path in files(root, pattern) for record in lines_of(path)]
 
 
