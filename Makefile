@@ -56,7 +56,7 @@ faults: system-deps install ## the reliability matrix (~4 min): writes benchmark
 
 lint: install ## ruff (lint and format) and mypy
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	$(BIN)/mypy gateway
+	$(BIN)/mypy gateway simulators harness benchmarks
 
 demo: install-demo ## embedded broker + 200 simulated devices + gateway + metrics; Ctrl-C prints the audit (DEMO_ARGS=...)
 	$(BIN)/gateway demo $(DEMO_ARGS)

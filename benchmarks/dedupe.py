@@ -28,13 +28,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from benchmarks.broker import BenchBroker, free_port
+from benchmarks.broker import BenchBroker
 from benchmarks.compaction import HOUR, write_partition
 from benchmarks.procs import Children
 from gateway.config import DedupeConfig, GatewayConfig
 from gateway.decode import SubscriptionDecoders
 from gateway.layout import SEALED_SUFFIX
 from gateway.model import Reading, format_ts
+from gateway.ports import free_port
 from gateway.sinks.dedupe import DedupeWindow
 from gateway.sinks.lines import LineEncoder
 from gateway.sinks.recovery import recover_segments

@@ -11,11 +11,11 @@ from typing import Any
 
 from benchmarks import proc_stats, reference
 from benchmarks.broker import BenchBroker
-from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
+from benchmarks.gateway_proc import BenchGateway, GatewaySetup
 from benchmarks.procs import Children, wait_or_stop
 from benchmarks.profile import Profiler
-from benchmarks.scrape import Scrape
 from gateway.audit import audit as audit_files
+from harness.scrape import merge, stored
 
 # Scrape slowly while far from done (a scrape costs the gateway ~1-3 ms), fast at the start and
 # near the end.
@@ -150,7 +150,7 @@ def drain_gateways(
 ) -> Drain:
     """Start the gateways together; done when their readings written + rejected add up to
     `expected`; then stop them (they seal their files) and audit the files."""
-    gateways = [GatewayProcess(children, broker, s, workdir / s.client_id) for s in setups]
+    gateways = [BenchGateway(children, broker, s, workdir / s.client_id) for s in setups]
     broker_cpu = proc_stats.cpu_seconds(broker.pid)
     start = time.monotonic()
     for gateway in gateways:
@@ -191,7 +191,7 @@ class Watch:
 
 
 def watch_stored(
-    gateways: Sequence[GatewayProcess],
+    gateways: Sequence[BenchGateway],
     expected: int,
     start: float,
     *,
@@ -214,7 +214,7 @@ def watch_stored(
                 watch.cpu_at_start = sum(g.cpu_seconds() for g in gateways)
                 if on_first_answer is not None:
                     on_first_answer()
-            now_stored = int(sum((s for s in scrapes if s), Scrape()).stored)
+            now_stored = int(stored(merge(s for s in scrapes if s)))
             if now_stored > watch.stored:
                 watch.stored, progress_at = now_stored, now
         if watch.stored >= expected:
@@ -224,7 +224,7 @@ def watch_stored(
             watch.cpu_s = cpu_total - cpu_from
             if watch.cpu_at_start is not None:
                 watch.cpu_running_s = cpu_total - watch.cpu_at_start
-            watch.peak_rss_bytes = sum(g.peak_rss_bytes() for g in gateways)
+            watch.peak_rss_bytes = sum(g.tree_peak_rss_bytes() for g in gateways)
             return watch
         if now - progress_at > STALL_S:
             watch.error = f"stalled: nothing stored for {STALL_S:.0f} s; log: " + _tails(gateways)
@@ -242,7 +242,7 @@ def watch_stored(
 
 
 def finish_gateways(
-    gateways: Sequence[GatewayProcess],
+    gateways: Sequence[BenchGateway],
     watch: Watch,
     *,
     label: str,
@@ -275,5 +275,5 @@ def finish_gateways(
     )
 
 
-def _tails(gateways: Sequence[GatewayProcess]) -> str:
+def _tails(gateways: Sequence[BenchGateway]) -> str:
     return "; ".join(f"{g.setup.client_id}: {g.log_tail()}" for g in gateways)

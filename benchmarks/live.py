@@ -14,7 +14,7 @@ from typing import Any
 from benchmarks import proc_stats, reference
 from benchmarks.broker import HOST, MOSQUITTO_SUB, BenchBroker
 from benchmarks.drain import Drain, finish_gateways, timeout_for, watch_stored
-from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
+from benchmarks.gateway_proc import BenchGateway, GatewaySetup
 from benchmarks.load import BLAST_PROCESSES, DEVICES, Published, finish_blast, start_blast
 from benchmarks.procs import Children, wait_or_stop
 from simulators.fleet import split
@@ -46,8 +46,8 @@ class Live:
 
 
 def first_publish_topics() -> list[str]:
-    """Topics of the first device of each publisher process: benchmarks.blaster splits the
-    devices as gateway-sim does and sends each process's first device first (on its first
+    """Topics of the first device of each publisher process: the raw transport splits the
+    devices over its processes and sends each process's first device first (on its first
     connection, written before the others)."""
     spec = RunSpec()
     return [
@@ -134,7 +134,7 @@ def live_gateway(
     """The gateway (fsync = always, a check step) ready first, then the load; done when its
     written + rejected counters reach N; then stopped and its files audited."""
     setup = GatewaySetup(client_id=f"bench-live-gw-q{qos}", qos=qos)
-    gateway = GatewayProcess(children, broker, setup, workdir / setup.client_id)
+    gateway = BenchGateway(children, broker, setup, workdir / setup.client_id)
     spawned = time.monotonic()
     gateway.start()
     gateway.wait_ready()

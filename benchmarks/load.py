@@ -1,11 +1,10 @@
-"""Load: runs that fill a backlog or blast a live load (benchmarks.blaster), and gateway-sim
-runs that pace a live stream, flood, or hold many devices."""
+"""Load: gateway-sim runs that fill a backlog or blast a live load (its raw transport), pace a
+live stream, flood, or hold many devices."""
 
 from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,12 +12,17 @@ from pathlib import Path
 from benchmarks.broker import BenchBroker
 from benchmarks.procs import Children
 from gateway.manifest import read_header
+from simulators.cli import command
 
 SUMMARY_RATE = re.compile(r"in ([\d.]+) s: ([\d,]+) msg/s")
 # Devices in the backlog and live cases: readings of ~150 bytes over this many topics.
 DEVICES = 1000
 # Publisher processes sending a backlog or a live load flat out (devices split as gateway-sim).
 BLAST_PROCESSES = 2
+# The raw transport's QoS 1 messages unacked per connection at most, and its connections per
+# process: a wide window, so that the broker, not the publisher's waiting, sets the pace.
+BLAST_WINDOW = 1000
+BLAST_CONNECTIONS = 4
 
 
 @dataclass
@@ -36,28 +40,32 @@ class Published:
         return self.exit_code == 0 and self.unacked == 0
 
 
-def sim_args(
+def sim_command(
     broker: BenchBroker,
     *,
     qos: int,
     devices: int,
     manifest: Path | None,
     processes: int = 1,
-    extra: tuple[str, ...] = (),
+    **options: object,
 ) -> list[str]:
-    args = [
-        *("--broker", broker.url, "--devices", str(devices), "--qos", str(qos)),
-        *("--connections", "pool", "--processes", str(processes), "--quiet"),
-        *extra,
-    ]
-    if manifest is not None:
-        args += ["--manifest", str(manifest)]
-    return args
+    """gateway-sim over pooled connections, quiet, with these options (simulators.cli.command
+    checks them here, before anything starts)."""
+    return command(
+        broker=broker.url,
+        devices=devices,
+        qos=qos,
+        connections="pool",
+        processes=processes,
+        quiet=True,
+        manifest=manifest,
+        **options,
+    )
 
 
-def start_sim(children: Children, args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start_sim(children: Children, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return children.spawn([sys.executable, "-m", "simulators", *args], stdout=out, stderr=out)
+        return children.spawn(cmd, stdout=out, stderr=out)
 
 
 def finish_sim(
@@ -85,18 +93,24 @@ def start_blast(
     children: Children, broker: BenchBroker, *, qos: int, total: int, workdir: Path, name: str
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """Start publishing `total` readings (DEVICES devices, ~150-byte JSON) flat out from
-    BLAST_PROCESSES processes with benchmarks.blaster: gateway-sim's prebuilt blast (same
+    BLAST_PROCESSES processes with gateway-sim's raw transport: its prebuilt blast (same
     messages, same manifest) at near zero CPU, so the broker, not the publisher, is the limit.
     Returns (process, manifest, log)."""
     manifest = workdir / f"{name}.jsonl"
     log = workdir / f"{name}.log"
-    args = [
-        *(sys.executable, "-m", "benchmarks.blaster", "--broker", broker.url),
-        *("--devices", str(DEVICES), "--count", str(blast_count(total)), "--qos", str(qos)),
-        *("--processes", str(BLAST_PROCESSES), "--manifest", str(manifest)),
-    ]
-    with log.open("wb") as out:
-        return children.spawn(args, stdout=out, stderr=out), manifest, log
+    cmd = sim_command(
+        broker,
+        qos=qos,
+        devices=DEVICES,
+        manifest=manifest,
+        processes=BLAST_PROCESSES,
+        count=blast_count(total),
+        prebuilt=True,
+        transport="raw",
+        pool_size=BLAST_CONNECTIONS,
+        inflight=BLAST_WINDOW,
+    )
+    return start_sim(children, cmd, log), manifest, log
 
 
 def blast_count(total: int) -> int:
@@ -144,14 +158,14 @@ def start_paced(
     manifest = workdir / f"{name}.jsonl"
     log = workdir / f"{name}.log"
     start_at = time.time() + lead_s
-    args = sim_args(
+    cmd = sim_command(
         broker,
         qos=1,
         devices=DEVICES,
         manifest=manifest,
-        extra=(
-            *("--rate", f"{rate_hz:g}", "--duration", f"{duration_s:g}", "--prebuilt"),
-            *("--start-time", f"{start_at:.3f}"),
-        ),
+        rate=f"{rate_hz:g}",
+        duration=f"{duration_s:g}",
+        prebuilt=True,
+        start_time=f"{start_at:.3f}",
     )
-    return start_sim(children, args, log), manifest, log, start_at
+    return start_sim(children, cmd, log), manifest, log, start_at

@@ -8,47 +8,30 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
-from pathlib import Path
-from typing import IO
 
 from benchmarks.proc_stats import status_bytes
+from harness.launch import Plain
 
 POLL_S = 0.005
 
 
-class Children:
+class Children(Plain):
     """Starts processes in their own process group, so a process and whatever it spawned can be
     stopped together, and kills every group still alive when the benchmark ends (even on Ctrl-C,
-    from the caller's `finally`)."""
+    from the caller's `finally`).
+
+    A process group of its own: a terminal's Ctrl-C reaches only us, and we decide the order in
+    which things stop (a gateway must get its SIGTERM, not a SIGINT mid-drain). Not a session of
+    its own: with autogroup scheduling each session is scheduled as one group, which would make
+    `nice` meaningless between our processes."""
+
+    process_group = 0
 
     def __init__(self) -> None:
         self._procs: list[subprocess.Popen[bytes]] = []
 
-    def spawn(
-        self,
-        args: Sequence[str | Path],
-        *,
-        stdout: IO[bytes] | int | None = subprocess.DEVNULL,
-        stderr: IO[bytes] | int | None = subprocess.DEVNULL,
-        cwd: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> subprocess.Popen[bytes]:
-        # A process group of its own: a terminal's Ctrl-C reaches only us, and we decide the
-        # order in which things stop (a gateway must get its SIGTERM, not a SIGINT mid-drain).
-        # Not a session of its own: with autogroup scheduling each session is scheduled as one
-        # group, which would make `nice` meaningless between our processes.
-        proc = subprocess.Popen(
-            [str(a) for a in args],
-            stdout=stdout,
-            stderr=stderr,
-            stdin=subprocess.DEVNULL,
-            cwd=cwd,
-            env=env,
-            process_group=0,
-        )
+    def started(self, proc: subprocess.Popen[bytes]) -> None:
         self._procs.append(proc)
-        return proc
 
     def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
         """SIGTERM the process (it stops its own children), wait at most `timeout_s`, then kill

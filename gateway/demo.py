@@ -16,11 +16,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
-import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,9 +30,11 @@ from gateway.audit import audit, format_table
 from gateway.config import GatewayConfig
 from gateway.demo_terminal import Metrics, StatusLine, foreground_group
 from gateway.errors import GatewayError
+from gateway.local_broker import amqtt_config, amqtt_path, mosquitto_config, mosquitto_path
 from gateway.logs import setup_logging
 from gateway.manifest import read_header
 from gateway.parent_death import dying_with_us
+from gateway.ports import LOOPBACK, free_port, wait_for_port
 from gateway.sinks.claim import DataDirLock
 
 DEMO_LOCK = "demo"  # <data-dir>/demo.lock
@@ -67,26 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 20) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the broker exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the broker did not listen on {port}") from None
-            time.sleep(0.05)
-
-
 def _spawn(cmd: list[str], **kwargs: object) -> subprocess.Popen[bytes]:
     """A child in its own session (Ctrl-C is ours to handle) that gets SIGTERM when we die.
 
@@ -108,43 +87,37 @@ def stop_process(proc: subprocess.Popen[bytes], signum: int, timeout_s: float = 
 
 def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int, str]:
     """A private broker on a free loopback port; returns (process, port, name)."""
-    port = _free_port()
-    mosquitto = shutil.which("mosquitto") or (
-        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-    )
+    port = free_port()
+    mosquitto = mosquitto_path()
     if kind == "mosquitto" or (kind == "auto" and mosquitto):
         if not mosquitto:
             raise RuntimeError("mosquitto is not installed")
         conf = workdir / "mosquitto.conf"
-        # Large queues and window: the at-least-once settings the README recommends. `user`:
-        # started as root, Mosquitto would become user mosquitto, which clears the
-        # parent-death signal (and cannot write its log here).
+        # Large queues and window: the at-least-once settings the README recommends.
         conf.write_text(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\nmax_inflight_messages 1000\n"
-            "max_queued_messages 100000\nset_tcp_nodelay true\n"
-            f"user {pwd.getpwuid(os.getuid()).pw_name}\n"
-            f"log_dest file {workdir / 'mosquitto.log'}\n",
+            mosquitto_config(
+                LOOPBACK,
+                port,
+                log=workdir / "mosquitto.log",
+                max_inflight=1000,
+                max_queued=100_000,
+            ),
             encoding="utf-8",
         )
         cmd, name = [mosquitto, "-c", str(conf)], "mosquitto"
     else:
         conf = workdir / "amqtt.yaml"
-        conf.write_text(
-            "listeners:\n  default:\n    type: tcp\n"
-            f"    bind: 127.0.0.1:{port}\n"
-            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-            "    allow_anonymous: true\n",
-            encoding="utf-8",
-        )
-        amqtt = shutil.which("amqtt") or str(Path(sys.executable).with_name("amqtt"))
-        cmd, name = [amqtt, "-c", str(conf)], "amqtt"
+        conf.write_text(amqtt_config(LOOPBACK, port), encoding="utf-8")
+        cmd, name = [amqtt_path(), "-c", str(conf)], "amqtt"
     with (workdir / "broker.err").open("wb") as err:
         proc = _spawn(cmd, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        _wait_for_port(port, proc)
-    except RuntimeError:
+        wait_for_port(port, timeout_s=20, alive=lambda: proc.poll() is None)
+    except ChildProcessError:
+        raise RuntimeError(f"the broker exited with {proc.returncode}") from None
+    except TimeoutError:
         stop_process(proc, signal.SIGTERM)
-        raise
+        raise RuntimeError(f"the broker did not listen on {port}") from None
     return proc, port, name
 
 

@@ -25,7 +25,6 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -40,6 +39,7 @@ from gateway.hangups import PARENT_DEATH_SIGNAL
 from gateway.http import HttpServer
 from gateway.metrics import MergedWorkers, Registry, SupervisorMetrics
 from gateway.parent_death import die_with_parent
+from gateway.ports import free_port
 from gateway.reload import config_hash, plan_reload
 from gateway.sinks.claim import claim_data_dir, lock_holder
 
@@ -55,12 +55,6 @@ STOP_MARGIN_S = 15.0
 
 # (the worker's config, its name, its index) -> never returns (the worker process's life).
 WorkerMain = Callable[[GatewayConfig, str, int], None]
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_config(config: GatewayConfig, index: int, http_port: int | None = None) -> GatewayConfig:
@@ -80,7 +74,7 @@ def worker_config(config: GatewayConfig, index: int, http_port: int | None = Non
         for s in config.mqtt.subscriptions
     )
     mqtt = config.mqtt.model_copy(update={"client_id": f"{base}-w{index}", "subscriptions": subs})
-    port = http_port if http_port is not None else _free_port("127.0.0.1")
+    port = http_port if http_port is not None else free_port()
     # Reloads reach a worker from its supervisor, over this loopback port.
     http = config.http.model_copy(update={"host": "127.0.0.1", "port": port, "reload": True})
     # One worker compacts and measures the shared data directory: the merged /metrics sums the

@@ -8,6 +8,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from gateway.addresses import parse_broker_url
 from gateway.errors import ConfigError
@@ -32,6 +33,7 @@ examples:
   gateway-sim --devices 100 --rate 1 --duration 60
   gateway-sim --profile cold_chain --devices 500 --count 20 --fault-rate 0.01 --manifest run.jsonl
   gateway-sim --devices 1000 --count 100 --qos 0 --prebuilt --processes 2 --connections pool
+  gateway-sim --devices 1000 --count 100 --prebuilt --connections pool --transport raw
 
 fault kinds (each labelled in the manifest with the reason the gateway rejects it with):
   {kinds}
@@ -68,8 +70,15 @@ def _start_time(text: str) -> int:
     return int(parsed.timestamp() * 1000)
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """Options given as values (spec_from_options) are a caller's mistake, not a user's
+        typing: ValueError rather than exit 2 (main() still prints usage and exits 2)."""
+        raise ValueError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gateway-sim",
         description="Simulate a fleet of IoT devices publishing telemetry to an MQTT broker.",
         epilog=EPILOG.format(kinds=", ".join(FAULT_KINDS)),
@@ -139,6 +148,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="one MQTT connection per device (default), or --pool-size shared per process",
     )
     c.add_argument("--pool-size", type=_positive_int, default=4, help="connections per process")
+    c.add_argument(
+        "--transport",
+        choices=("mqtt", "raw"),
+        default="mqtt",
+        help="mqtt (default): an MQTT client per connection; raw: the --prebuilt blast encoded "
+        "once and written in large sends, near zero CPU (benchmarks; --connections pool, "
+        "plain mqtt://, MQTT 3.1.1, --inflight is the window; needs amqtt, the `demo` extra)",
+    )
     c.add_argument("--processes", type=_positive_int, default=1)
     c.add_argument(
         "--drain-timeout",
@@ -257,6 +274,7 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
         batch_size=args.batch_size,
         faults=faults,
         prebuilt=args.prebuilt,
+        transport=args.transport,
         connections=args.connections,
         pool_size=args.pool_size,
         processes=args.processes,
@@ -269,10 +287,42 @@ def spec_from_args(args: argparse.Namespace) -> RunSpec:
     return spec
 
 
+def options_argv(**options: object) -> list[str]:
+    """gateway-sim's arguments for options given as values, named as the flags are (`pool_size`
+    for --pool-size): True for a flag that is on, None/False for one left out, a list or tuple
+    for one that repeats (`fault=["duplicate=0.1"]`)."""
+    argv: list[str] = []
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def spec_from_options(**options: object) -> RunSpec:
+    """The RunSpec gateway-sim runs for these options (see options_argv); ValueError/ConfigError
+    naming a bad one. Same options, same spec, so the same messages."""
+    return spec_from_args(build_parser().parse_args(options_argv(**options)))
+
+
+def command(**options: object) -> list[str]:
+    """The command that runs gateway-sim with these options, checked first (ValueError or
+    ConfigError here, not exit 2 in a child): for a caller that runs the fleet as a process."""
+    spec_from_options(**options)
+    return [sys.executable, "-m", "simulators", *options_argv(**options)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         spec = spec_from_args(args)
     except (ValueError, ConfigError) as exc:
         parser.print_usage(sys.stderr)

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from types import FrameType
 
@@ -18,6 +19,9 @@ from gateway.manifest import ManifestHeader, write_manifest
 from simulators.payloads import format_ts
 from simulators.spec import RunSpec
 from simulators.worker import Progress, WorkerResult, run_worker
+
+# How long a raw blast's process may wait at the start line for the others to build and connect.
+START_TIMEOUT_S = 120.0
 
 
 @dataclass
@@ -71,8 +75,14 @@ def _process_main(
     stop_index: int,
     part: Path | None,
     results: multiprocessing.Queue[tuple[str, int, object]],
+    start: Barrier | None,
 ) -> None:
     """Entry point of a spawned process: run, and report progress and the result on `results`."""
+    if spec.transport == "raw":
+        assert start is not None
+        raw = _raw_share(spec, process, first, stop_index, part=part, start=start)
+        results.put(("done", process, raw))
+        return
     # Ctrl-C reaches every process of the terminal's group; the parent turns it into one SIGTERM
     # per child, so each stops once, drains, and still reports what it sent.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -101,6 +111,30 @@ def _process_main(
     results.put(("done", process, result))
 
 
+def _raw_share(
+    spec: RunSpec, process: int, first: int, stop_index: int, *, part: Path | None, start: Barrier
+) -> WorkerResult:
+    """A raw blast's share; every process starts together (the barrier), so the first publish
+    of one does not wait for another still building."""
+    # Imported here: it needs amqtt (the `demo` extra), which only the raw transport uses.
+    from simulators.raw_worker import run_raw_worker  # noqa: PLC0415
+
+    try:
+        result = run_raw_worker(
+            spec,
+            process=process,
+            first=first,
+            stop_index=stop_index,
+            part=part,
+            ready=lambda: start.wait(START_TIMEOUT_S),
+        )
+    except Exception as exc:  # reported to the parent, which prints it and exits non-zero
+        result = WorkerResult(process=process, devices=stop_index - first, error=repr(exc))
+    if result.first_at is None:
+        start.abort()  # never started: the others must not wait for it
+    return result
+
+
 def split(devices: int, processes: int) -> list[tuple[int, int]]:
     """Contiguous [first, stop) device ranges, as even as possible."""
     bounds = [devices * p // processes for p in range(processes + 1)]
@@ -113,6 +147,7 @@ def _run_processes(
     ctx = multiprocessing.get_context("spawn")  # no fork of a process with threads or a loop
     results_q: multiprocessing.Queue[tuple[str, int, object]] = ctx.Queue()
     ranges = split(spec.devices, spec.processes)
+    start = ctx.Barrier(spec.processes) if spec.transport == "raw" else None
     procs = [
         ctx.Process(
             target=_process_main,
@@ -123,6 +158,7 @@ def _run_processes(
                 "stop_index": stop,
                 "part": parts[p],
                 "results": results_q,
+                "start": start,
             },
             name=f"gateway-sim-{p}",
         )
@@ -205,7 +241,12 @@ def run_fleet(
     """Run the fleet (in this process when --processes 1) and write the merged manifest."""
     started = time.time()
     parts = part_paths(manifest, spec.processes)
-    if spec.processes == 1:
+    if spec.processes == 1 and spec.transport == "raw":
+        from simulators.raw_worker import run_raw_worker  # noqa: PLC0415 (as in _raw_share)
+
+        only_raw = run_raw_worker(spec, process=0, first=0, stop_index=spec.devices, part=parts[0])
+        workers = [only_raw]
+    elif spec.processes == 1:
         only = run_worker(
             spec, process=0, first=0, stop_index=spec.devices, report=on_progress, part=parts[0]
         )
@@ -240,7 +281,7 @@ def write_run_manifest(
     parts: list[Path],
 ) -> None:
     """The run's manifest: its header (`sent` = messages, readings), then each process's part
-    (device lines), which is then removed. Also used by the benchmarks' load publisher."""
+    (device lines), which is then removed."""
     header = ManifestHeader(
         seed=spec.seed,
         format=spec.format,

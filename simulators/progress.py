@@ -62,6 +62,16 @@ def summary(result: FleetResult) -> str:
         f"  errors {result.total('errors'):,}, reconnects {result.total('reconnects'):,}, "
         f"unacknowledged {result.total('unacked'):,}",
     ]
+    done = [w.done_at for w in result.workers if w.done_at is not None]
+    firsts = [w.first_at for w in result.workers if w.first_at is not None]
+    if done and firsts:  # --transport raw: when the broker had it all, and at what CPU cost
+        done_s = max(done) - min(firsts)
+        cpu_s = sum(w.cpu_s for w in result.workers)
+        lines.append(
+            f"  broker had all in {done_s:.2f} s ({'acked' if spec.qos else 'read to EOF'}): "
+            f"{sent / done_s if done_s > 0 else 0:,.0f} msg/s; publisher CPU {cpu_s:.2f} s "
+            f"({cpu_s / done_s if done_s > 0 else 0:.0%} of one CPU)"
+        )
     faults = result.faults
     if faults:
         lines.append(

@@ -60,6 +60,10 @@ class RunSpec:
     batch_size: int = 10
     faults: FaultPlan = field(default_factory=FaultPlan)
     prebuilt: bool = False
+    # "mqtt": paho connections (hub.py, sender.py), paced or not, every option. "raw": the
+    # prebuilt blast pre-encoded into one buffer per pooled connection and written with large
+    # non-blocking sends (raw_worker.py): the same messages at near zero CPU, for benchmarks.
+    transport: Literal["mqtt", "raw"] = "mqtt"
     connections: Literal["per-device", "pool"] = "per-device"
     pool_size: int = 4
     processes: int = 1
@@ -133,3 +137,18 @@ def check_spec(spec: RunSpec) -> None:
     for site in spec.sites:
         if not DEVICE_ID_RE.fullmatch(site):
             raise ValueError(f"site {site!r}: use A-Z a-z 0-9 . _ - (it is a topic level)")
+    if spec.transport == "raw":
+        check_raw(spec)
+
+
+def check_raw(spec: RunSpec) -> None:
+    """What `--transport raw` cannot do: it sends one prebuilt blast over pooled plain MQTT
+    3.1.1 connections, and nothing else."""
+    if not spec.prebuilt or spec.rate_hz != 0 or spec.count is None:
+        raise ValueError("--transport raw sends a prebuilt blast: --prebuilt --count N, no --rate")
+    if spec.connections != "pool":
+        raise ValueError("--transport raw needs --connections pool")
+    if spec.broker.tls or spec.broker.username:
+        raise ValueError("--transport raw: plain mqtt:// without credentials only")
+    if any(kind == "disconnect" for kind, _ in spec.faults.rates):
+        raise ValueError("--transport raw does not disconnect mid-stream: no disconnect faults")

@@ -59,6 +59,10 @@ class WorkerResult:
     faults: dict[str, int] = field(default_factory=dict)
     first_at: float | None = None  # epoch s of the first publish
     last_at: float | None = None  # epoch s when the last message was written to its socket
+    # --transport raw: epoch s when the broker had it all (acked, or read to EOF), and this
+    # process's CPU seconds from its first send until then.
+    done_at: float | None = None
+    cpu_s: float = 0.0
     part: str | None = None
     error: str | None = None
 

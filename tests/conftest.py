@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
+from harness.broker import Broker
 from tests.support.leftovers import pytest_addoption as leftovers_options
 
 # The run fails if a test leaves a process running (see tests/support/leftovers.py).

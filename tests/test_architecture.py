@@ -16,7 +16,7 @@ GATEWAY = ROOT / "gateway"
 LAYER = {
     "_version": 0, "errors": 0, "model": 0, "config": 0, "logs": 0, "manifest": 0,
     "parent_death": 0, "hangups": 0, "backoff": 0, "reload": 1, "topics": 0, "presets": 0,
-    "layout": 0, "segment_reader": 0,
+    "layout": 0, "segment_reader": 0, "ports": 0, "local_broker": 0,
     "decode": 1, "channel": 1, "distinct": 1, "metrics": 1, "transforms": 1,
     "sensor_values": 1, "columnar": 1,
     "stage": 2, "admit": 2, "sources": 2, "sinks": 2, "http": 2, "connections": 2,
@@ -55,8 +55,8 @@ OWNERS = {
     },
     "pydantic_settings": {"gateway/config.py"},
     # The `demo` extra: the demo's broker (run as a process), whose packet codec also encodes
-    # the raw publisher's packets.
-    "amqtt": {"benchmarks/wire.py", "simulators/raw_packets.py"},
+    # gateway-sim's raw transport.
+    "amqtt": {"simulators/raw_packets.py"},
 }
 # Distribution names that are not their import names.
 IMPORT_NAMES = {

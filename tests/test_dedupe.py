@@ -24,7 +24,7 @@ from gateway.model import Ack, Envelope, Reading, format_ts
 from gateway.sinks.dedupe import DedupeWindow
 from gateway.sinks.files import FileSink
 from gateway.sinks.lines import IdentityReader, LineEncoder, line_ms
-from tests.support.poll import eventually
+from harness.poll import eventually
 from tests.support.sinks import Acks, fresh_metrics, put_all, records, running, sample
 
 T0 = datetime(2026, 11, 25, 11, tzinfo=UTC).timestamp()

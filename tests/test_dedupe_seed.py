@@ -19,8 +19,8 @@ from gateway.sinks.files import FileSink
 from gateway.sinks.lines import IdentityReader
 from gateway.sinks.recovery import recover_segments
 from gateway.sinks.seed import seed_identities
+from harness.poll import eventually
 from tests.support.partitions import HOUR_S, T0, hour_dir, write_segment
-from tests.support.poll import eventually
 from tests.support.readings import line_of
 from tests.support.sinks import Acks, fresh_metrics, put_all, records, running, sample
 

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import urllib.error
 from pathlib import Path
 from typing import IO
 
@@ -21,10 +22,10 @@ from gateway.audit import audit
 from gateway.demo_terminal import StatusLine, status_text
 from gateway.logs import setup_logging
 from gateway.metrics import parse_exposition
+from gateway.ports import free_port
 from gateway.top.scrape import Scrape
-from tests.support.broker import free_port
-from tests.support.poll import eventually_sync
-from tests.support.scrape import get_sync, parse, value
+from harness.poll import eventually_sync
+from harness.scrape import scrape_sync, value
 from tests.support.terminal import Terminal
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,8 +88,10 @@ class DemoProcess:
         return int(self.announced(r"demo: \w+ on 127\.0\.0\.1:(\d+),").group(1))
 
     def written(self, url: str) -> float:
-        status, text = get_sync(url)
-        return value(parse(text), "gateway_readings_written_total") if status == 200 else 0.0
+        try:
+            return value(scrape_sync(url), "gateway_readings_written_total")
+        except urllib.error.HTTPError:  # up, but not serving metrics yet
+            return 0.0
 
     def finish(self, timeout_s: float = 120) -> str:
         """Its stdout once it has exited by itself (or after a signal sent before)."""

@@ -30,12 +30,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
 from gateway.config import GatewayConfig, load_config
+from gateway.ports import free_port, wait_for_port
+from harness.broker import MOSQUITTO, Broker
+from harness.poll import eventually_sync
 from simulators.cli import build_parser as sim_parser
 from simulators.cli import spec_from_args
-from tests.support.broker import MOSQUITTO, Broker, free_port, wait_for_port
 from tests.support.gateway import make_config, running
-from tests.support.poll import eventually_sync
-from tests.support.publish import publish_sync
+from tests.support.publish import publish
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
@@ -268,7 +269,7 @@ def test_the_broker_config_runs_in_mosquitto_and_queues_past_the_default_limit(
         subscriber.loop_stop()
 
         messages = ((f"queue-test/{n % 7}", str(n).encode()) for n in range(sent))
-        assert publish_sync("127.0.0.1", port, messages, qos=1) == sent
+        assert asyncio.run(publish("127.0.0.1", port, messages, qos=1)) == sent
 
         received: set[bytes] = set()
         lock = threading.Lock()

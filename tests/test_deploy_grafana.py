@@ -18,7 +18,9 @@ import pytest
 import yaml
 
 from gateway import Gateway
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.scrape import scrape
 from tests.support.dashboards import (
     DASHBOARDS,
     all_panels,
@@ -30,9 +32,7 @@ from tests.support.dashboards import (
     variable_queries,
 )
 from tests.support.gateway import make_config, reading_payload, running, topic
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import scrape
 
 PROVISIONING = DASHBOARDS.parent / "provisioning"
 NAMES = ("gateway.json", "fleet.json")
@@ -205,7 +205,7 @@ async def test_every_metric_a_dashboard_reads_is_exported_by_a_running_gateway(
             message="all written",
         )
         samples = await scrape(gateway.http_url)
-    exported = {sample_name for sample_name, _ in samples}
+    exported = set(samples.samples)
     wanted: dict[str, set[str]] = {}
     for where, expr in all_queries(load(name)):
         names = metric_names(expr)
@@ -216,11 +216,8 @@ async def test_every_metric_a_dashboard_reads_is_exported_by_a_running_gateway(
     assert missing == {}, "metrics the dashboard reads but the gateway does not export"
     if name == "fleet.json":
         # Its variables and panels select by these labels.
-        labels = {label for n, ls in samples if n == "gateway_sensor_value" for label, _ in ls}
+        series = samples.samples.get("gateway_sensor_value", [])
+        labels = {label for ls, _ in series for label in ls}
         assert {"site", "device_id", "metric"} <= labels
-        values = {
-            (dict(ls)["device_id"], dict(ls)["site"], dict(ls)["metric"]): v
-            for (n, ls), v in samples.items()
-            if n == "gateway_sensor_value"
-        }
+        values = {(ls["device_id"], ls["site"], ls["metric"]): v for ls, v in series}
         assert values[("dev-1", "site-1", "temperature")] == 22.0, "the last reading's value"

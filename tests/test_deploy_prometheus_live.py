@@ -24,12 +24,13 @@ import pytest
 import yaml
 
 from gateway import Gateway
-from tests.support.broker import Broker, free_port
+from gateway.ports import free_port
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.scrape import get
 from tests.support.dashboards import exprs, load, substitute
 from tests.support.gateway import fleet, make_config, running
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import get
 
 PROMETHEUS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
 PROMETHEUS = shutil.which("prometheus")

@@ -7,7 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 from gateway import Gateway
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.scrape import get, scrape, total, value
 from tests.support.gateway import (
     fleet,
     make_config,
@@ -17,9 +19,7 @@ from tests.support.gateway import (
     running,
     topic,
 )
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import get, scrape, total, value
 
 
 async def test_twenty_thousand_readings_from_500_devices_all_land_once_intact(

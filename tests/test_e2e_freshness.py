@@ -17,13 +17,13 @@ from gateway import Gateway
 from gateway.audit import audit
 from gateway.config import FilesConfig
 from gateway.layout import LOCK_NAME, PARQUET_NAME
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.scrape import scrape, value
 from tests.support.gateway import fleet, make_config, reading_payload, running, topic
 from tests.support.manifests import write_manifest_for
 from tests.support.partitions import hour_dir
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import scrape, value
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES, PER_DEVICE = 5, 20

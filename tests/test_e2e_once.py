@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from gateway import Gateway
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
 from tests.support.gateway import make_config, read_lines, running
 from tests.support.ledger import accounting, holds_all, keys_of, readings, stored
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
 from tests.support.publish import publish
 from tests.test_e2e_faults import NOT_A_DIRECTORY, block_partition, sample, this_hour
 
@@ -55,7 +55,7 @@ async def test_readings_claimed_but_not_written_before_a_sigkill_are_written_aft
     fails (the partition cannot be created), the gateway is SIGKILLed with the batch claimed and
     unwritten, and the disk is repaired: the redeliveries must be written, not taken for
     repeats, and each exactly once."""
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     ts = this_hour()
     blocker = block_partition(gw.data_dir, ts)
     messages = readings(unique, devices=20, seqs=range(10), ts=ts)  # 200

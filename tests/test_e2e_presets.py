@@ -18,10 +18,10 @@ from gateway import Gateway
 from gateway.audit import audit, format_table
 from gateway.layout import DEAD_LETTER_DIR
 from gateway.manifest import read_header
+from harness.broker import Broker
+from harness.poll import eventually
 from simulators.preset_payloads import PRESET_FORMATS
-from tests.support.broker import Broker
 from tests.support.gateway import make_config, read_lines, running, settled
-from tests.support.poll import eventually
 from tests.support.publish import publish
 
 # Gateway template (the preset's, under the test's own prefix) and the simulator's topic.

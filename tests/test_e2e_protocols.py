@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +16,12 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
+from gateway.local_broker import amqtt_config, amqtt_path
+from gateway.ports import free_port, wait_for_port
 from gateway.sources.wire import TAKEOVER_WINDOW_S
-from tests.support.broker import Broker, free_port, wait_for_port
+from harness.broker import Broker
+from harness.poll import eventually
 from tests.support.gateway import fleet, make_config, read_lines, running
-from tests.support.poll import eventually
 
 
 class Amqtt:
@@ -32,16 +32,9 @@ class Amqtt:
         self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         conf = workdir / "amqtt.yaml"
-        conf.write_text(
-            "listeners:\n  default:\n    type: tcp\n"
-            f"    bind: 127.0.0.1:{self.port}\n"
-            "plugins:\n  amqtt.plugins.authentication.AnonymousAuthPlugin:\n"
-            "    allow_anonymous: true\n",
-            encoding="utf-8",
-        )
-        command = shutil.which("amqtt") or str(Path(sys.executable).with_name("amqtt"))
+        conf.write_text(amqtt_config(self.host, self.port), encoding="utf-8")
         self.proc = subprocess.Popen(
-            [command, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [amqtt_path(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         wait_for_port(self.port, timeout_s=20)
 

@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 
 from gateway import Gateway
-from tests.support.broker import Broker, acl_broker
+from harness.broker import Broker, acl_broker
+from harness.poll import eventually
+from harness.scrape import get, scrape, value
 from tests.support.gateway import make_config, reading_payload, running, topic
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import get, scrape, value
 
 DYNAMIC_SECURITY = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 STALL_S = 2.0

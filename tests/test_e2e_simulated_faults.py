@@ -12,7 +12,7 @@ import pytest
 from gateway import Gateway
 from gateway.audit import audit, format_table
 from gateway.manifest import FAULT_KINDS, read_header
-from tests.support.broker import Broker
+from harness.broker import Broker
 from tests.support.gateway import make_config, running, settled
 
 # Kinds that cannot happen in a format (see the simulator's fault table).

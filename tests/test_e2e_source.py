@@ -12,12 +12,12 @@ import pytest
 from gateway import Gateway
 from gateway.model import Reading
 from gateway.transforms import Verdict
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.scrape import get, scrape, value
 from tests.support.gateway import fleet, make_config, read_dead_letters, read_lines, running, topic
 from tests.support.gateway import reading_payload as payload
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import get, scrape, value
 
 
 class Gate:

@@ -14,9 +14,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway import Gateway
-from tests.support.broker import Broker, free_port
+from gateway.ports import free_port
+from harness.broker import Broker
+from harness.poll import eventually
 from tests.support.gateway import make_config, read_lines, reading_payload, running, topic
-from tests.support.poll import eventually
 
 pytestmark = pytest.mark.skipif(not shutil.which("openssl"), reason="needs the openssl tool")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
+from harness.scrape import get, scrape, total, value
 from tests.support.ledger import Key, accounting, holds_all, keys_of, readings, stored
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
 from tests.support.publish import Stream
 from tests.support.reliability import Matrix, Row, stored_and_stopped
-from tests.support.scrape import get, scrape, total, value
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ async def test_gateway_sigkill_x10_under_load_loses_nothing_and_stores_nothing_t
     while the lines are already in the file, so every kill leaves up to half a second of written,
     unacked readings, which the restarted gateway must recognise (its window seeded from the
     files) when the broker redelivers them."""
-    gw = GatewayProcess(broker, tmp_path, unique, protocol=protocol)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique, protocol=protocol)
     if fsync == "interval":
         gw.configure("files", 'fsync = "interval"\nfsync_interval_s = 0.5\n')
     messages = readings(unique, devices=100, seqs=range(500))  # 50,000 at ~3,000/s
@@ -126,7 +126,7 @@ async def test_broker_restart_x10_with_persistence_loses_nothing_and_stores_noth
     gateway's counters then prove it never received it (every message received is written or a
     repeat of one written), and the row says so."""
     broker = Broker(tmp_path / "mosquitto", extra_config="autosave_interval 1\n").start()
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     messages = readings(unique, devices=100, seqs=range(600))  # 60,000 at ~2,000/s
     sent = keys_of(messages)
     recoveries: list[float] = []
@@ -248,8 +248,8 @@ async def test_two_gateways_with_one_client_id_lose_nothing(
     """Each connect takes the session from the other; they back off (capped exponential
     backoff with jitter) and each stores what it received before losing the session. Once one
     stops, the other gets the session and everything unacked."""
-    one = GatewayProcess(broker, tmp_path / "a", unique)
-    two = GatewayProcess(broker, tmp_path / "b", unique)
+    one = GatewayProcess.subscribed_to(broker, tmp_path / "a", unique)
+    two = GatewayProcess.subscribed_to(broker, tmp_path / "b", unique)
     messages = readings(unique, devices=50, seqs=range(300))  # 15,000 at ~1,000/s
     sent = keys_of(messages)
     stream: Stream | None = None

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
+from harness.scrape import get
 from tests.support.ledger import accounting, holds_all, keys_of, readings, stored
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
 from tests.support.publish import Stream, publish
 from tests.support.reliability import Matrix, Row, stored_and_stopped
-from tests.support.scrape import get
 from tests.support.sinks import fill, small_tmpfs
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
@@ -93,7 +93,7 @@ async def run_disk_fault(
 async def test_a_full_disk_loses_nothing_and_recovers_when_space_returns(
     broker: Broker, small_disk: Path, tmp_path: Path, unique: str, reliability: Matrix
 ) -> None:
-    gw = GatewayProcess(broker, tmp_path / "gw", unique, data_dir=small_disk / "data")
+    gw = GatewayProcess.subscribed_to(broker, tmp_path / "gw", unique, data_dir=small_disk / "data")
     fillers: list[Path] = []
     messages, lost, duplicates, recovery, peak, summary = await run_disk_fault(
         gw,
@@ -123,7 +123,7 @@ async def test_a_full_disk_loses_nothing_and_recovers_when_space_returns(
 async def test_an_unwritable_data_directory_loses_nothing_and_recovers(
     broker: Broker, tmp_path: Path, unique: str, reliability: Matrix
 ) -> None:
-    gw = GatewayProcess(broker, tmp_path / "gw", unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path / "gw", unique)
     probe = tmp_path / "probe"
     probe.mkdir()
     if not chattr("+i", probe) or not chattr("-i", probe):

@@ -4,7 +4,6 @@ broker's ACL denies, and a frozen broker. Each records a row (`make faults`)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import random
@@ -22,16 +21,16 @@ from gateway.errors import REJECT_REASONS
 from gateway.layout import DEAD_LETTER_DIR
 from gateway.model import format_ts
 from gateway.topics import filter_matches
+from harness.broker import Broker, acl_broker
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
+from harness.scrape import get
 from simulators.payloads import broken_json
-from tests.support.broker import Broker, acl_broker
 from tests.support.gateway import read_dead_letters, read_lines, reading_payload, topic
 from tests.support.idle_flood import IdleFlood, time_scrapes_while
 from tests.support.ledger import Key, accounting, holds_all, keys_of, readings, stored
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
-from tests.support.publish import Stream, publish, publish_sync
+from tests.support.publish import Stream, publish
 from tests.support.reliability import Matrix, Row, stored_and_stopped
-from tests.support.scrape import get
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
@@ -95,7 +94,7 @@ async def test_100k_fuzzed_payloads_each_stored_or_dead_lettered_and_the_counts_
     broker: Broker, tmp_path: Path, unique: str, reliability: Matrix
 ) -> None:
     messages, valid = fuzzed(unique, 100_000, seed=10)
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     gw.start()
     try:
         await gw.ready()
@@ -197,13 +196,13 @@ async def flood_once(
     qos: int,
     max_packet_bytes: int | None,
 ) -> FloodRun:
-    gw = GatewayProcess(broker, tmp_path, prefix, protocol=protocol, qos=qos)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, prefix, protocol=protocol, qos=qos)
     if max_packet_bytes is not None:
         gw.configure("mqtt", f"max_packet_bytes = {max_packet_bytes}\n")
     gw.start()
     try:
         await gw.ready()
-        await asyncio.to_thread(publish_sync, broker.host, broker.port, flood(prefix), qos, 120, 40)
+        await publish(broker.host, broker.port, flood(prefix), qos, timeout_s=120, window=40)
         flooded_at = time.monotonic()
         await eventually(holds_all(gw.data_dir, good_keys()), timeout_s=120, interval_s=0.2)
 
@@ -291,7 +290,7 @@ async def test_a_flood_of_4_mib_payloads_keeps_memory_bounded_and_loses_nothing(
 async def test_idle_connections_on_the_metrics_port_stop_neither_metrics_nor_storage(
     broker: Broker, tmp_path: Path, unique: str, reliability: Matrix
 ) -> None:
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     messages = readings(unique, devices=30, seqs=range(100))  # 3,000
     gw.start(max_open_files=1024)
     idle: IdleFlood | None = None
@@ -349,7 +348,7 @@ def many_devices(prefix: str) -> Iterator[tuple[str, bytes]]:
 async def test_a_million_device_ids_cost_a_bounded_count_and_lose_nothing(
     broker: Broker, tmp_path: Path, unique: str, reliability: Matrix
 ) -> None:
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     gw.configure(
         "[mqtt.subscriptions]",
         f'filter = "{unique}-batch/#"\ntemplate = "{unique}-batch/{{site}}"\n',
@@ -359,9 +358,7 @@ async def test_a_million_device_ids_cost_a_bounded_count_and_lose_nothing(
         await gw.ready()
         idle_rss = gw.peak_rss_bytes
         started = time.monotonic()
-        await asyncio.to_thread(
-            publish_sync, broker.host, broker.port, many_devices(unique), 1, 120, 200
-        )
+        await publish(broker.host, broker.port, many_devices(unique), 1, timeout_s=120, window=200)
 
         async def all_written() -> bool:
             return await gw.metric("gateway_readings_written_total") >= IDS
@@ -410,7 +407,7 @@ async def test_a_filter_denied_by_acl_is_named_within_the_threshold(
     tmp_path: Path, unique: str, protocol: str, reliability: Matrix
 ) -> None:
     broker = acl_broker(tmp_path / "mosquitto", f"{unique}/#").start()
-    gw = GatewayProcess(broker, tmp_path, unique, protocol=protocol)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique, protocol=protocol)
     gw.configure("mqtt", f"stall_timeout_s = {STALL_S}\n")
     gw.configure(
         "[mqtt.subscriptions]",
@@ -462,7 +459,7 @@ async def test_a_frozen_broker_is_named_by_readyz_and_nothing_is_lost(
 ) -> None:
     """SIGSTOP for 8 s: the connection stays open and silent (keepalive 10 s here: the broker
     would be dropped only after ~15 s); /readyz fails at the threshold."""
-    gw = GatewayProcess(own_broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(own_broker, tmp_path, unique)
     gw.configure("mqtt", f"stall_timeout_s = {STALL_S}\n")
     before = readings(unique, devices=10, seqs=range(50))
     after = readings(unique, devices=10, seqs=range(50, 100))

@@ -18,13 +18,13 @@ from prometheus_client import CollectorRegistry
 
 from gateway.config import HttpConfig
 from gateway.http import FD_HEADROOM, LISTEN_BACKLOG, HttpServer, connection_cap, listen_backlog
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
+from harness.scrape import get
 from tests.support.gateway import fleet, read_lines
 from tests.support.idle_flood import IdleFlood, time_scrapes_while
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
 from tests.support.publish import publish
-from tests.support.scrape import get
 
 
 @contextlib.asynccontextmanager
@@ -170,7 +170,7 @@ async def test_1100_idle_connections_under_a_1024_file_limit_do_not_stop_metrics
     gateway is first stopped twice for 1.5 s (a slow or overloaded host): the connections queued
     meanwhile arrive in one burst, which must not take the descriptors either (timing starts once
     it answers again: while stopped it accepts nothing, and a dropped SYN is retried in 1 s)."""
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     gw.start(max_open_files=1024)
     flood: IdleFlood | None = None
     try:

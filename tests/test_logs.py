@@ -10,8 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.broker import free_port
-from tests.support.poll import eventually_sync
+from gateway.ports import free_port
+from harness.poll import eventually_sync
 
 
 def _run(tmp_path: Path, *flags: str, tz: str | None = None) -> tuple[int, list[str]]:

@@ -5,14 +5,19 @@ from __future__ import annotations
 import random
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import LATENCY_BUCKETS, LoopHistogram
-from tests.support.scrape import Samples, parse
 
 
-def exposition(registry: CollectorRegistry) -> Samples:
-    samples = parse(generate_latest(registry).decode())
-    return {key: value for key, value in samples.items() if not key[0].endswith("_created")}
+def exposition(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The registry's text exposition, parsed back: (sample name, labels) -> value."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
 
 
 def test_observations_expose_the_same_buckets_count_and_sum_as_prometheus_client() -> None:

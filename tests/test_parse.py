@@ -16,9 +16,9 @@ import pytest
 from gateway import Gateway
 from gateway.config import load_config
 from gateway.parse import parse_message
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.poll import eventually
 from tests.support.gateway import read_dead_letters, read_lines, running
-from tests.support.poll import eventually
 from tests.support.preset_examples import EXAMPLES
 from tests.support.publish import publish
 

@@ -19,11 +19,12 @@ from pathlib import Path
 import duckdb
 
 from gateway.manifest import read_header
+from gateway.ports import free_port
 from gateway.presets import PRESETS
-from tests.support.broker import Broker, free_port
-from tests.support.poll import eventually_sync
+from harness.broker import Broker
+from harness.poll import eventually_sync
+from harness.scrape import get_sync
 from tests.support.reliability import quoted_table
-from tests.support.scrape import get_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

@@ -19,14 +19,14 @@ from gateway.errors import ConfigError
 from gateway.reload import plan_reload
 from gateway.sinks.claim import DataDirLock
 from gateway.sinks.subscriptions import remembered_subscriptions
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.gateway import ROOT, GatewayProcess
+from harness.poll import eventually
+from harness.scrape import get
 from tests.support.gateway import make_config, read_lines, running, topic
 from tests.support.gateway import reading_payload as payload
 from tests.support.ledger import accounting, keys_of, readings, stored
-from tests.support.poll import eventually
-from tests.support.process import ROOT, GatewayProcess
 from tests.support.publish import Stream, publish
-from tests.support.scrape import get
 
 
 def connects(broker: Broker, client_id: str) -> int:
@@ -305,7 +305,7 @@ async def _reload_command(url: str) -> tuple[int, dict[str, Any]]:
 async def test_sighup_during_start_up_does_not_kill_and_gateway_reload_applies_a_new_topic(
     broker: Broker, tmp_path: Path, unique: str
 ) -> None:
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     try:
         gw.start()
         assert gw.proc is not None
@@ -365,7 +365,7 @@ async def _metric(gw: GatewayProcess, name: str) -> bool:
 async def test_a_supervisor_reload_reaches_every_worker_and_names_one_that_refuses(
     broker: Broker, tmp_path: Path, unique: str
 ) -> None:
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     try:
         gw.start("--processes", "2")
         await gw.ready(timeout_s=60)

@@ -8,17 +8,17 @@ from gateway import Gateway
 from gateway.config import SensorValuesConfig
 from gateway.model import Reading
 from gateway.sensor_values import MAX_LABEL_VALUE_LENGTH, SensorValues
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.scrape import Scrape, scrape, total, value
 from tests.support.gateway import make_config, reading_payload, running, topic
-from tests.support.poll import eventually
 from tests.support.publish import publish
-from tests.support.scrape import Samples, scrape, total, value
 
 SENSOR_VALUE = "gateway_sensor_value"
 
 
-def _series(samples: Samples) -> dict[tuple[tuple[str, str], ...], float]:
-    return {labels: v for (name, labels), v in samples.items() if name == SENSOR_VALUE}
+def _series(samples: Scrape) -> dict[tuple[tuple[str, str], ...], float]:
+    return {tuple(sorted(ls.items())): v for ls, v in samples.samples.get(SENSOR_VALUE, [])}
 
 
 def _written(gateway: Gateway, count: int) -> bool:
@@ -65,8 +65,8 @@ async def test_disabled_by_default_exports_no_device_series(
         await eventually(lambda: _written(gateway, 1), message="written")
         samples = await scrape(gateway.http_url)
     assert gateway.sensor_values is None
-    assert not [name for name, _ in samples if name.startswith("gateway_sensor_")]
-    assert not any("device_id" in dict(labels) for _, labels in samples)
+    assert not [name for name in samples.samples if name.startswith("gateway_sensor_")]
+    assert not any("device_id" in ls for rows in samples.samples.values() for ls, _ in rows)
 
 
 async def test_the_cap_refuses_new_series_and_counts_them_while_known_ones_update(

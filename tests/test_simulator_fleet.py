@@ -7,50 +7,15 @@ import json
 import re
 import signal
 import sys
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from gateway.manifest import DeviceRecord, iter_devices, payload_digest, read_header
-from tests.support.broker import Broker, free_port
-from tests.support.poll import eventually, eventually_sync
+from gateway.ports import free_port
+from harness.broker import Broker
+from harness.poll import eventually
+from harness.subscriber import subscribed
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Subscriber:
-    """A real MQTT client (paho, own thread) that keeps every message it receives."""
-
-    def __init__(self, broker: Broker, client_id: str, topic_filter: str) -> None:
-        self.messages: list[tuple[str, bytes]] = []
-        self._subscribed = threading.Event()
-        self._client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311
-        )
-        self._client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
-        self._client.on_subscribe = lambda *_: self._subscribed.set()
-        # list.append is atomic under the GIL: no lock needed between paho's thread and ours.
-        self._client.on_message = lambda c, u, m: self.messages.append((m.topic, m.payload))
-        self._client.connect(broker.host, broker.port, keepalive=30)
-        self._client.loop_start()
-        eventually_sync(self._subscribed.is_set, timeout_s=10, message="SUBACK")
-
-    def close(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
-
-
-@contextmanager
-def subscribed(broker: Broker, client_id: str, topic_filter: str) -> Iterator[Subscriber]:
-    sub = Subscriber(broker, client_id, topic_filter)
-    try:
-        yield sub
-    finally:
-        sub.close()
 
 
 async def run_sim(*args: str, timeout_s: float = 60) -> tuple[int, str]:

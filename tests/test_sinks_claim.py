@@ -18,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from gateway.layout import DEAD_LETTER_DIR, HOUR_GLOB, OPEN_SUFFIX
+from gateway.ports import free_port
 from gateway.sinks.claim import lock_holder
-from tests.support.broker import Broker, free_port
+from harness.broker import Broker
+from harness.gateway import ROOT, GatewayProcess
+from harness.poll import eventually
 from tests.support.gateway import fleet, read_lines
-from tests.support.poll import eventually
-from tests.support.process import ROOT, GatewayProcess
 from tests.support.publish import publish
 
 
@@ -40,8 +41,10 @@ async def test_a_second_gateway_on_the_same_directory_and_client_id_refuses_to_s
 ) -> None:
     """Issue 11, problem 1: the second one used to seal the first one's open segment as if a
     crash had left it; the first then failed every rotation and acked nothing again."""
-    first = GatewayProcess(broker, tmp_path / "first", unique)
-    second = GatewayProcess(broker, tmp_path / "second", unique, data_dir=first.data_dir)
+    first = GatewayProcess.subscribed_to(broker, tmp_path / "first", unique)
+    second = GatewayProcess.subscribed_to(
+        broker, tmp_path / "second", unique, data_dir=first.data_dir
+    )
     processes.extend([first, second])
     first.start()
     await first.ready()

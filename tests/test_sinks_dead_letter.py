@@ -20,7 +20,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model import Rejection, rejection_of
 from gateway.sinks.dead_letter import DeadLetterSink
 from gateway.sinks.files import FileSink
-from tests.support.poll import eventually
+from harness.poll import eventually
 from tests.support.readings import dead_letter_line_of, expected_dead_letter
 from tests.support.sinks import (
     Acks,

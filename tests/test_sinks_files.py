@@ -23,7 +23,7 @@ from gateway.metrics import GatewayMetrics
 from gateway.model import Reading
 from gateway.sinks.files import FileSink
 from gateway.sinks.recovery import recover_segments
-from tests.support.poll import eventually
+from harness.poll import eventually
 from tests.support.readings import expected_record, line_of
 from tests.support.sinks import (
     Acks,

@@ -16,18 +16,18 @@ import pytest_asyncio
 
 from gateway.layout import HOUR_GLOB, OPEN_SUFFIX
 from gateway.metrics import MergedWorkers, Registry
-from tests.support.broker import Broker
+from harness.broker import Broker
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
+from harness.scrape import get, scrape, value
 from tests.support.children import is_alive
 from tests.support.gateway import fleet, read_lines
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
 from tests.support.publish import publish
-from tests.support.scrape import get, scrape, value
 
 
 @pytest_asyncio.fixture
 async def supervised(broker: Broker, tmp_path: Path, unique: str):  # type: ignore[no-untyped-def]
-    gw = GatewayProcess(broker, tmp_path, unique)
+    gw = GatewayProcess.subscribed_to(broker, tmp_path, unique)
     try:
         yield gw
     finally:
@@ -181,7 +181,9 @@ async def test_a_supervisor_waits_for_a_live_worker_of_an_earlier_run_instead_of
     """A worker that outlived its supervisor (here: a gateway holding worker 0's client id and
     data directory) is named, and waited for, before any worker starts."""
     gw = supervised
-    earlier = GatewayProcess(broker, tmp_path / "earlier", f"{unique}-w0", data_dir=gw.data_dir)
+    earlier = GatewayProcess.subscribed_to(
+        broker, tmp_path / "earlier", f"{unique}-w0", data_dir=gw.data_dir
+    )
     try:
         earlier.start()
         await earlier.ready()
@@ -208,7 +210,7 @@ async def test_a_second_supervisor_on_the_same_directory_and_client_id_refuses_t
     gw = supervised
     gw.start("--processes", "2")
     await gw.ready(timeout_s=60)
-    second = GatewayProcess(broker, tmp_path / "second", unique, data_dir=gw.data_dir)
+    second = GatewayProcess.subscribed_to(broker, tmp_path / "second", unique, data_dir=gw.data_dir)
     try:
         second.start("--processes", "2")
         assert await second.exited() == 1

@@ -16,11 +16,12 @@ import pytest
 from rich.console import Console
 
 from gateway import Gateway
+from gateway.ports import free_port
 from gateway.top.command import watch
 from gateway.top.scrape import quantile
-from tests.support.broker import Broker, free_port
+from harness.broker import Broker
+from harness.poll import eventually
 from tests.support.gateway import fleet, make_config, running, topic
-from tests.support.poll import eventually
 from tests.support.publish import publish
 from tests.support.terminal import Terminal
 

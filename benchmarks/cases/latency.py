@@ -18,12 +18,15 @@ from typing import Any
 
 from benchmarks import reference
 from benchmarks.broker import BenchBroker
-from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
+from benchmarks.gateway_proc import BenchGateway, GatewaySetup
 from benchmarks.lab import Lab
 from benchmarks.load import DEVICES, Published, finish_sim, start_paced
 from benchmarks.report import Section, Target, ms, num
-from benchmarks.scrape import LATENCY, bucket_delta, histogram_max, histogram_quantile
 from benchmarks.stats import median, percentile
+from gateway.top.scrape import quantile
+from harness.scrape import stored
+
+LATENCY = "gateway_end_to_end_latency_seconds"
 
 GOAL_RATE_HZ = 5  # per device: 5,000 msg/s
 GOAL_P99_S = 0.005
@@ -31,6 +34,23 @@ GOAL_P99_S = 0.005
 LEAD_S = 2.0
 BUILD_S_PER_MESSAGE = 1 / 40_000
 SETTLE_S = 30.0  # after the stream ends, for the consumer to have everything
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """As `gateway top` computes it (PromQL's interpolation); NaN when the histogram is empty."""
+    found = quantile(dict(buckets), q)
+    return math.nan if found is None else found[0]
+
+
+def histogram_max(buckets: list[tuple[float, float]]) -> float:
+    """The upper bound of the highest bucket that counted anything (inf for +Inf): the true
+    maximum is at most this, and above the bound below it."""
+    top, below = math.nan, 0.0
+    for bound, count in buckets:
+        if count > below:
+            top = bound
+        below = count
+    return top
 
 
 @dataclass
@@ -105,7 +125,7 @@ def _finish(lab: Lab, proc: Any, manifest: Path, log: Path) -> Published:
 
 def _gateway(lab: Lab, broker: BenchBroker, rate_hz: float, workdir: Path, name: str) -> Latency:
     workdir.mkdir(parents=True)
-    gateway = GatewayProcess(lab.children, broker, GatewaySetup(f"bench-{name}"), workdir)
+    gateway = BenchGateway(lab.children, broker, GatewaySetup(f"bench-{name}"), workdir)
     gateway.start()
     try:
         gateway.wait_ready()
@@ -117,19 +137,20 @@ def _gateway(lab: Lab, broker: BenchBroker, rate_hz: float, workdir: Path, name:
         cpu_share = (gateway.cpu_seconds() - cpu_before) / (time.monotonic() - wall_before)
         deadline = time.monotonic() + SETTLE_S
         after = gateway.try_scrape()
-        while after is not None and after.stored < published.sent and time.monotonic() < deadline:
+        while after is not None and stored(after) < published.sent and time.monotonic() < deadline:
             time.sleep(0.05)
             after = gateway.try_scrape()
     finally:
         gateway.stop()
     if before is None or after is None:
         return _failed("gateway", rate_hz, "no metrics")
-    buckets = bucket_delta(after.buckets(LATENCY), before.buckets(LATENCY))
+    earlier = before.buckets(LATENCY)
+    buckets = sorted((le, n - earlier.get(le, 0.0)) for le, n in after.buckets(LATENCY).items())
     return Latency(
         consumer="gateway 5",
         rate_hz=rate_hz,
         sent=published.sent,
-        delivered=int(after.stored),
+        delivered=int(stored(after)),
         counted=int(buckets[-1][1]) if buckets else 0,
         p50_s=histogram_quantile(0.5, buckets),
         p99_s=histogram_quantile(0.99, buckets),

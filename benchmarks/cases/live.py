@@ -1,7 +1,7 @@
 """Throughput under live load, QoS 1 and QoS 0: mosquitto_sub vs the gateway (the headline).
 
 Per round, QoS and consumer: a fresh broker; the consumer connected and subscribed first; then
-N prebuilt readings published flat out by two benchmarks.blaster processes (gateway-sim's
+N prebuilt readings published flat out by two processes of `gateway-sim --transport raw` (its
 prebuilt blast, same messages and manifest, at near zero CPU); timed from the first
 publish until the consumer has all N (the gateway: durably). The consumers alternate A B, B A,
 A B ... over the rounds. With the publishers running, the broker is the bottleneck for the
@@ -27,7 +27,7 @@ GATEWAY = "gateway 5"
 GOALS = {1: 0.9, 0: 0.8}  # gateway msg/s as a share of the reference's
 # A reference this close to its publisher's rate kept pace with it, and with the broker under
 # BROKER_BUSY of a CPU the publisher, not the broker, set its figure: only a lower bound of the
-# practical limit. (The blaster keeps at most a window of messages unacked, so its own rate
+# practical limit. (The raw transport keeps at most a window of messages unacked, so its own rate
 # tracks the broker's: keeping pace with it alone no longer says who was the limit.)
 PUBLISHER_BOUND = 0.95
 BROKER_BUSY = 0.85
@@ -150,9 +150,9 @@ def _section(results: dict[int, dict[str, LiveSummary]]) -> Section:
     section.notes += [
         "Per round, QoS and consumer: a fresh broker; the consumer connected and subscribed "
         "first (mosquitto_sub -c -C N writing to a file, its session made beforehand; the "
-        "gateway as a subprocess, /readyz ready); then benchmarks.blaster --processes "
-        f"{BLAST_PROCESSES} --devices {DEVICES:,} --qos Q publishes N readings flat out: what "
-        "gateway-sim --prebuilt --rate 0 --connections pool sends (same messages, order per "
+        "gateway as a subprocess, /readyz ready); then gateway-sim --transport raw --prebuilt "
+        f"--connections pool --processes {BLAST_PROCESSES} --devices {DEVICES:,} --qos Q "
+        "publishes N readings flat out: what its MQTT transport sends (same messages, order per "
         "device and manifest), encoded before the clock starts and written in large sends, so "
         "that the broker, not the publisher, is the limit. Consumers alternate A B, B A, ... "
         "over rounds.",

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.broker import BenchBroker
-from benchmarks.gateway_proc import GatewayProcess, GatewaySetup
+from benchmarks.gateway_proc import BenchGateway, GatewaySetup
 from benchmarks.lab import Lab
-from benchmarks.load import DEVICES, Published, finish_sim, sim_args, start_sim
+from benchmarks.load import DEVICES, Published, finish_sim, sim_command, start_sim
 from benchmarks.report import Section, Target, mb, num
 from benchmarks.stats import slope
+from harness.scrape import stored as durable
 
 SAMPLE_S = 1.0
 # Buffering what it cannot store would grow by ~a few hundred bytes per message behind, i.e.
@@ -43,11 +44,11 @@ class Trace:
     stored: list[float] = field(default_factory=list)
     broker_held: list[tuple[float, int]] = field(default_factory=list)  # (t_s, messages)
 
-    def add(self, t_s: float, gateway: GatewayProcess) -> None:
+    def add(self, t_s: float, gateway: BenchGateway) -> None:
         scrape = gateway.try_scrape()
         self.t_s.append(round(t_s, 3))
         self.rss_bytes.append(gateway.rss_bytes())
-        self.stored.append(scrape.stored if scrape else math.nan)
+        self.stored.append(durable(scrape) if scrape else math.nan)
 
     @property
     def second_half_slope_mb_per_min(self) -> float:
@@ -98,26 +99,28 @@ def run(lab: Lab) -> list[Section]:
     workdir = lab.scratch("memory")
     with BenchBroker(lab.children, workdir / "broker") as broker:
         lab.say(f"memory: overload for {plan.overload_s:g} s")
-        flood = sim_args(
+        flood = sim_command(
             broker,
             qos=1,
             devices=DEVICES,
             manifest=workdir / "overload.jsonl",
             processes=2,
-            extra=("--rate", "0", "--duration", f"{plan.overload_s:g}"),
+            rate=0,
+            duration=f"{plan.overload_s:g}",
         )
         overload = _observe(
             lab, broker, "overload", sim=flood, seconds=plan.overload_s, workdir=workdir,
             niceness=OVERLOAD_NICENESS,
         )  # fmt: skip
         lab.say(f"memory: {plan.many_devices:,} devices at 1 Hz for {plan.many_devices_s:g} s")
-        steady = sim_args(
+        steady = sim_command(
             broker,
             qos=1,
             devices=plan.many_devices,
             manifest=workdir / "many.jsonl",
             processes=2,
-            extra=("--rate", "1", "--duration", f"{plan.many_devices_s:g}"),
+            rate=1,
+            duration=f"{plan.many_devices_s:g}",
         )
         many = _observe(
             lab, broker, "many", sim=steady, seconds=plan.many_devices_s, workdir=workdir
@@ -142,8 +145,8 @@ def _observe(
     held_path = workdir / f"{name}-broker-held.txt"
     with held_path.open("wb") as out:
         watcher = lab.children.spawn(broker.watch_store_command(), stdout=out)
-    gateway = GatewayProcess(lab.children, broker, setup, workdir / name)
-    gateway.start(niceness)
+    gateway = BenchGateway(lab.children, broker, setup, workdir / name)
+    gateway.start(niceness=niceness)
     trace = Trace()
     error = None
     try:
@@ -160,15 +163,15 @@ def _observe(
         scrape = gateway.try_scrape()
         if not niceness:
             deadline = time.monotonic() + SETTLE_S
-            while scrape and scrape.stored < published.sent and time.monotonic() < deadline:
+            while scrape and durable(scrape) < published.sent and time.monotonic() < deadline:
                 time.sleep(0.1)
                 scrape = gateway.try_scrape()
             trace.add(time.monotonic() - start, gateway)
-            if not scrape or scrape.stored < published.sent:
+            if not scrape or durable(scrape) < published.sent:
                 error = "not everything sent was stored"
-        peak = gateway.peak_rss_bytes()
-        stored = int(scrape.stored) if scrape else 0
-        devices = scrape.total("gateway_devices_seen") if scrape else math.nan
+        peak = gateway.tree_peak_rss_bytes()
+        stored = int(durable(scrape)) if scrape else 0
+        devices = scrape.value("gateway_devices_seen") if scrape else math.nan
     finally:
         gateway.stop()
         lab.children.stop(watcher)

@@ -17,7 +17,7 @@ from pathlib import Path
 from benchmarks.broker import BenchBroker
 from benchmarks.cases.drains import COLUMNS, Summary
 from benchmarks.drain import drain_gateways
-from benchmarks.gateway_proc import GatewayProcess, GatewaySetup, supports_processes
+from benchmarks.gateway_proc import BenchGateway, GatewaySetup, supports_processes
 from benchmarks.lab import Lab
 from benchmarks.load import publish_backlog
 from benchmarks.report import Section, Target, num, ratio
@@ -87,7 +87,7 @@ def _prepare(lab: Lab, broker: BenchBroker, variant: Variant, workdir: Path) -> 
         for setup in variant.setups:
             broker.create_session(setup.client_id, setup.topic_filter, 1, setup.protocol)
         return
-    gateway = GatewayProcess(lab.children, broker, variant.setups[0], workdir / "prime")
+    gateway = BenchGateway(lab.children, broker, variant.setups[0], workdir / "prime")
     gateway.start()
     try:
         gateway.wait_ready()

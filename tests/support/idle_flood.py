@@ -19,7 +19,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-from tests.support.scrape import get_sync
+from harness.scrape import get_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,6 @@
-"""A real MQTT publisher (paho in its own thread) for tests: every QoS 1 message is PUBACKed."""
+"""Publishing for tests: `publish` through gateway-sim's own publisher, until the broker has
+every message; `Stream`, a paced QoS 1 stream that survives a broker restart (paho's own
+thread resends what was not acknowledged)."""
 
 from __future__ import annotations
 
@@ -7,21 +9,24 @@ import itertools
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.broker import Broker
-from tests.support.poll import eventually
+from harness.broker import Broker
+from harness.poll import eventually
+from simulators.hub import Hub
+from simulators.spec import BrokerSpec
 
 _ids = itertools.count()
 MAX_OUTSTANDING = 10_000
+# Hand the queued packets to the socket this often (the simulators' blast does the same).
+FLUSH_EVERY = 500
 
 
-def publish_sync(
+async def publish(
     host: str,
     port: int,
     messages: Iterable[tuple[str, bytes]],
@@ -29,42 +34,31 @@ def publish_sync(
     timeout_s: float = 60,
     window: int = MAX_OUTSTANDING,
 ) -> int:
-    """Publish all messages and wait until the broker has acknowledged each; returns the count.
+    """Publish all messages with gateway-sim's own publisher (simulators/hub.py) and wait until
+    the broker has each (QoS 1: PUBACKed; QoS 0: written to the socket); returns the count.
 
-    At most `window` are outstanding (sent, not acked; at QoS 0: not yet written): keep it small
-    for large payloads, which paho holds in memory until then."""
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"test-pub-{next(_ids)}", protocol=mqtt.MQTTv311
-    )
-    client.max_inflight_messages_set(500)
-    client.max_queued_messages_set(0)
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
-    pending: deque[mqtt.MQTTMessageInfo] = deque()
-    count = 0
+    At most `window` QoS 1 messages are outstanding: keep it small for large payloads, which
+    paho holds in memory until they are acknowledged."""
+    hub = Hub(BrokerSpec(host=host, port=port, inflight=500), qos)
     try:
-        for topic, payload in messages:
-            # Packet ids wrap at 65535: keep far fewer than that outstanding.
-            if len(pending) >= window:
-                _settle(pending.popleft(), timeout_s)
-            pending.append(client.publish(topic, payload, qos=qos))
-            count += 1
-        while pending:
-            _settle(pending.popleft(), timeout_s)
+        (conn,) = await hub.open([f"test-pub-{os.getpid()}-{next(_ids)}"])
+        count = 0
+        async with asyncio.timeout(timeout_s):
+            for topic, payload in messages:
+                if qos:
+                    await conn.wait_acks_below(window)
+                if not conn.publish(topic, payload, qos):
+                    raise ConnectionError(f"the broker at {host}:{port} went away")
+                count += 1
+                if count % FLUSH_EVERY == 0:
+                    hub.flush()
+                    await asyncio.sleep(0)  # let PUBACKs in
+            await hub.written()
+            if qos and not await hub.drain(timeout_s):
+                raise TimeoutError(f"{hub.unacked} messages not acknowledged by the broker")
         return count
     finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _settle(info: mqtt.MQTTMessageInfo, timeout_s: float) -> None:
-    info.wait_for_publish(timeout=timeout_s)
-    if not info.is_published():
-        raise TimeoutError(f"message {info.mid} not acknowledged by the broker")
-
-
-async def publish(host: str, port: int, messages: Iterable[tuple[str, bytes]], qos: int = 1) -> int:
-    return await asyncio.to_thread(publish_sync, host, port, list(messages), qos)
+        await hub.close()
 
 
 class Stream:

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.gateway import GatewayProcess
+from harness.poll import eventually
 from tests.support.ledger import Key, holds_all
-from tests.support.poll import eventually
-from tests.support.process import GatewayProcess
 from tests.support.publish import Stream
 
 BEGIN = "<!-- reliability:begin (written by `make faults`; do not edit by hand) -->"

@@ -1,11 +1,11 @@
-"""MQTT 3.1.1 packets for the benchmark's load publisher, encoded once with amqtt's codec.
+"""MQTT 3.1.1 packets of `gateway-sim --transport raw`, encoded once with amqtt's codec.
 
-Benchmark-only, and on purpose not published through paho: paho spends ~15 µs of Python per
-publish (a message object, a packet built and queued, a write pass), so a publisher built on it
-runs out of CPU before Mosquitto does and the benchmark measures the publisher. Here each
-PUBLISH is encoded once, before the clock starts, by amqtt's packet classes (the MQTT framing
-is theirs, ~4 µs a packet), into one big buffer per connection; publishing is then a few large
-`send()` calls. The gateway never uses this (amqtt is the demo's broker, in the `demo` extra).
+On purpose not published through paho: paho spends ~15 µs of Python per publish (a message
+object, a packet built and queued, a write pass), so a publisher built on it runs out of CPU
+before Mosquitto does and a benchmark measures the publisher. Here each PUBLISH is encoded once,
+before the clock starts, by amqtt's packet classes (the MQTT framing is theirs, ~4 µs a packet),
+into one big buffer per connection; publishing is then a few large `send()` calls. amqtt comes
+with the `demo` extra (it is also the demo's broker); the gateway never uses this.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""One load-publisher process: build its devices' messages, encode them, connect, send flat out.
+"""One process's share of a `--transport raw` run: build, encode, connect, send flat out.
 
-Everything costly happens before the clock starts: the simulators' own code builds the
-messages (the same bytes gateway-sim sends), wire.py (amqtt's codec) encodes them into one
-buffer per connection in the order gateway-sim's blast sends them (every device in turn, so
-each device's messages stay in order on its one connection). Publishing is then non-blocking
+Everything costly happens before the clock starts: the stream builds the messages (the same
+bytes the MQTT transport sends), raw_packets.py (amqtt's codec) encodes them into one buffer per
+connection in the order the MQTT transport's blast sends them (every device in turn, so each
+device's messages stay in order on its one connection). Publishing is then non-blocking
 `send()`s of large slices, PUBACKs read in bulk and checked against the exact bytes expected:
 near zero CPU, so the broker, not this process, is the bottleneck.
 """
@@ -16,37 +16,18 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmarks import wire
-from benchmarks.blast_connection import BlastError, Connection
 from gateway.manifest import write_device_lines
+from simulators import raw_packets as wire
+from simulators.raw_connection import Connection, RawConnectionError
 from simulators.record import DeviceLog
 from simulators.spec import RunSpec
 from simulators.stream import device_for, device_messages, device_topic
+from simulators.worker import WorkerResult
 
 FINISH_TIMEOUT_S = 10.0
 RECV_BYTES = 256 * 1024
-
-
-@dataclass
-class BlastResult:
-    """What one process did (sent = fully written to its socket; QoS 1: acked or unacked)."""
-
-    process: int
-    devices: int
-    connections: int = 0
-    messages_sent: int = 0
-    readings_sent: int = 0
-    unacked: int = 0
-    faults: dict[str, int] = field(default_factory=dict)
-    first_at: float | None = None  # epoch s of the first byte sent
-    written_at: float | None = None  # epoch s when the last message was in a socket
-    done_at: float | None = None  # epoch s when the broker had it all (acked, or read to EOF)
-    cpu_s: float = 0.0  # this process's CPU seconds from the first send until done
-    part: str | None = None
-    error: str | None = None
 
 
 def build(
@@ -74,7 +55,7 @@ def build(
 
 def blast(conns: list[Connection], timeout_s: float) -> tuple[float, float]:
     """Send everything, reading PUBACKs as they come; (first send, last write) in epoch s.
-    BlastError on a failed connection; TimeoutError when `timeout_s` passes first."""
+    RawConnectionError on a failed connection; TimeoutError when `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
     first_at = time.time()
     for conn in conns:  # connection 0 first: it carries the process's first device
@@ -134,12 +115,14 @@ def finish(conns: list[Connection]) -> None:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise BlastError(f"{conn.client_id}: no EOF from the broker after DISCONNECT")
+                raise RawConnectionError(
+                    f"{conn.client_id}: no EOF from the broker after DISCONNECT"
+                )
             conn.sock.settimeout(left)
             try:
                 data = conn.sock.recv(RECV_BYTES)
             except OSError as exc:
-                raise BlastError(f"{conn.client_id}: after DISCONNECT: {exc}") from exc
+                raise RawConnectionError(f"{conn.client_id}: after DISCONNECT: {exc}") from exc
             if not data:
                 conn.finished = True
                 break
@@ -150,7 +133,7 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def record(result: BlastResult, logs: list[DeviceLog], conns: list[Connection]) -> None:
+def record(result: WorkerResult, logs: list[DeviceLog], conns: list[Connection]) -> None:
     """Count what went out (after the clock: DeviceLog.sent costs a little per message)."""
     for conn in conns:
         written = conn.written
@@ -166,23 +149,30 @@ def record(result: BlastResult, logs: list[DeviceLog], conns: list[Connection]) 
     result.faults = dict(faults)
 
 
-def run_share(
+def timeout_for(spec: RunSpec) -> float:
+    """How long the blast may take: a minute, plus a second per 10,000 messages."""
+    return 60 + spec.devices * (spec.count or 0) / 10_000
+
+
+def run_raw_worker(
     spec: RunSpec,
     *,
     process: int,
     first: int,
-    stop: int,
-    connections: int,
-    window: int,
-    timeout_s: float,
+    stop_index: int,
     part: Path | None,
     ready: Callable[[], object] | None = None,
-) -> BlastResult:
+) -> WorkerResult:
     """Build, connect, wait at `ready` (a callable, e.g. a barrier's wait) so that every process
     starts together, then blast; the manifest lines of these devices go to `part`."""
-    result = BlastResult(process=process, devices=stop - first)
+    result = WorkerResult(process=process, devices=stop_index - first)
     logs, conns = build(
-        spec, process=process, first=first, stop=stop, connections=connections, window=window
+        spec,
+        process=process,
+        first=first,
+        stop=stop_index,
+        connections=spec.pool_size,
+        window=spec.broker.inflight,
     )
     result.connections = len(conns)
     try:
@@ -191,11 +181,11 @@ def run_share(
         if ready is not None:
             ready()
         cpu_from = _cpu_s()
-        result.first_at, result.written_at = blast(conns, timeout_s)
+        result.first_at, result.last_at = blast(conns, timeout_for(spec))
         finish(conns)
         result.done_at = time.time()
         result.cpu_s = _cpu_s() - cpu_from
-    except (BlastError, TimeoutError, OSError) as exc:
+    except (RawConnectionError, TimeoutError, OSError) as exc:
         result.error = str(exc)
     finally:
         for conn in conns:

@@ -1,5 +1,5 @@
-"""One pre-encoded MQTT connection of the load publisher: non-blocking sends, PUBACKs read in
-bulk and checked byte for byte (blast_worker.py drives several)."""
+"""One pre-encoded MQTT connection of the raw transport: non-blocking sends, PUBACKs read in
+bulk and checked byte for byte (raw_worker.py drives several)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import bisect
 import socket
 from array import array
 
-from benchmarks import wire
+from simulators import raw_packets as wire
 from simulators.record import DeviceLog
 from simulators.stream import Message
 
@@ -17,7 +17,7 @@ RECV_BYTES = 256 * 1024
 CONNECT_TIMEOUT_S = 10.0
 
 
-class BlastError(Exception):
+class RawConnectionError(Exception):
     """Raised when a connection fails: refused, closed, timed out, or an unexpected packet."""
 
 
@@ -101,10 +101,12 @@ class Connection:
             sock.sendall(wire.connect_packet(self.client_id, keepalive_s))
             connack = _recv_exactly(sock, len(wire.CONNACK_ACCEPTED))
         except OSError as exc:
-            raise BlastError(f"{self.client_id}: cannot connect to {host}:{port}: {exc}") from exc
+            raise RawConnectionError(
+                f"{self.client_id}: cannot connect to {host}:{port}: {exc}"
+            ) from exc
         if connack != wire.CONNACK_ACCEPTED:
             sock.close()
-            raise BlastError(f"{self.client_id}: broker refused: CONNACK {connack.hex()}")
+            raise RawConnectionError(f"{self.client_id}: broker refused: CONNACK {connack.hex()}")
         sock.setblocking(False)
         self.sock = sock
 
@@ -116,7 +118,7 @@ class Connection:
         except BlockingIOError:
             pass
         except OSError as exc:
-            raise BlastError(f"{self.client_id}: send failed: {exc}") from exc
+            raise RawConnectionError(f"{self.client_id}: send failed: {exc}") from exc
 
     def read(self) -> None:
         assert self.sock is not None
@@ -125,14 +127,16 @@ class Connection:
         except BlockingIOError:
             return
         except OSError as exc:
-            raise BlastError(f"{self.client_id}: receive failed: {exc}") from exc
+            raise RawConnectionError(f"{self.client_id}: receive failed: {exc}") from exc
         if not data:
-            raise BlastError(f"{self.client_id}: the broker closed the connection")
+            raise RawConnectionError(f"{self.client_id}: the broker closed the connection")
         start = self.ack_bytes
         if data != self.expected_acks[start : start + len(data)]:
             # Mosquitto answers each QoS 1 PUBLISH with its PUBACK at once, in order; anything
             # else (a QoS 0 reply, a missing or reordered id) means we cannot account for it.
-            raise BlastError(f"{self.client_id}: unexpected bytes after {self.acked} PUBACKs")
+            raise RawConnectionError(
+                f"{self.client_id}: unexpected bytes after {self.acked} PUBACKs"
+            )
         self.ack_bytes += len(data)
 
     def batch_acks(self) -> None:
