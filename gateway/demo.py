@@ -122,7 +122,7 @@ def start_broker(kind: str, workdir: Path) -> tuple[subprocess.Popen[bytes], int
 
 
 def stop_broker(proc: subprocess.Popen[bytes], name: str) -> None:
-    # amqtt stops cleanly on SIGINT only; SIGTERM kills it (FACTS.md).
+    # amqtt (0.12) stops cleanly on SIGINT only; SIGTERM kills it at once, mid-forward.
     stop_process(proc, signal.SIGINT if name == "amqtt" else signal.SIGTERM)
 
 
@@ -154,7 +154,8 @@ def start_fleet(
         "--qos", "1",
         "--manifest", str(manifest),
         "--quiet",
-        # amqtt drops what it acked but had not forwarded when a publisher leaves (FACTS.md).
+        # amqtt (0.12) drops what it acked but had not forwarded when a publisher leaves: the
+        # fleet stays connected 5 s after its last publish (tests/test_demo.py runs it on amqtt).
         "--linger", "5" if broker == "amqtt" else "0",
     ]  # fmt: skip
     return _spawn(cmd)

@@ -209,3 +209,24 @@ def test_the_gateway_process_never_imports_pyarrow() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "False"
+
+
+def test_the_readme_module_map_names_every_module_and_package() -> None:
+    """README's Architecture map matches the tree: every module and package of gateway/ and of
+    its sub-packages sources/ and sinks/, and every top-level code directory, is named in it."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Architecture", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```", 2)[1]
+    words = set(re.findall(r"[\w.]+/?", block)) | set(re.findall(r"[\w.]+", block))
+    missing = []
+    for package in (GATEWAY, GATEWAY / "sources", GATEWAY / "sinks"):
+        for path in sorted(package.iterdir()):
+            if path.name.startswith("_") or path.name == "py.typed":
+                continue
+            name = f"{path.name}/" if path.is_dir() else path.name
+            if (path.is_dir() or path.suffix == ".py") and name not in words:
+                missing.append(str(path.relative_to(ROOT)))
+    for top in ("simulators/", "harness/", "benchmarks/", "tests/"):
+        if top not in words:
+            missing.append(top)
+    assert not missing, f"README's Architecture map does not name: {missing}"

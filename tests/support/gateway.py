@@ -14,8 +14,8 @@ from gateway import Gateway, GatewayConfig
 from gateway.layout import DEAD_LETTER_DIR, segment_files
 from gateway.model import format_ts
 from gateway.segment_reader import complete_lines, open_segment_file
-from tests.support.broker import Broker
-from tests.support.poll import eventually
+from harness.broker import Broker
+from harness.poll import eventually
 
 
 def make_config(

@@ -10,7 +10,6 @@ import os
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -79,8 +78,8 @@ class Stream:
         self.messages = messages
         self._per_round = per_round
         self._pause_s = pause_s
-        self._acked: set[int] = set()
-        self._lock = threading.Lock()
+        # One per message published: paho's message ids wrap at 65,535, its MessageInfo does not.
+        self._sent: list[mqtt.MQTTMessageInfo] = []
         self.published = threading.Event()
         self.error: BaseException | None = None
         client = mqtt.Client(
@@ -92,7 +91,6 @@ class Stream:
         client.max_queued_messages_set(0)  # unbounded: nothing is refused while the broker is away
         # Typed int, but paho only sleeps on them: sub-second delays keep the outage short.
         client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
-        client.on_publish = self._on_publish
         self._client = client
         self._broker = broker
         self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
@@ -105,8 +103,7 @@ class Stream:
 
     @property
     def acked(self) -> int:
-        with self._lock:
-            return len(self._acked)
+        return sum(1 for info in list(self._sent) if info.is_published())
 
     @property
     def done(self) -> bool:
@@ -126,15 +123,11 @@ class Stream:
         self._client.loop_stop()
         self._thread.join(timeout=10)
 
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-        with self._lock:
-            self._acked.add(mid)
-
     def _run(self) -> None:
         try:
             for start in range(0, len(self.messages), self._per_round):
                 for topic_, payload in self.messages[start : start + self._per_round]:
-                    self._client.publish(topic_, payload, qos=1)
+                    self._sent.append(self._client.publish(topic_, payload, qos=1))
                 # Pacing, not synchronisation: keeps the stream flowing while a fault is injected.
                 time.sleep(self._pause_s)
             self.published.set()
