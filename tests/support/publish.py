@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -78,8 +79,10 @@ class Stream:
         self.messages = messages
         self._per_round = per_round
         self._pause_s = pause_s
-        # One per message published: paho's message ids wrap at 65,535, its MessageInfo does not.
-        self._sent: list[mqtt.MQTTMessageInfo] = []
+        # A count, not a set of message ids: they wrap at 65,535. paho calls on_publish once per
+        # message, when its PUBACK removes it from the messages it would send again.
+        self._acked = 0
+        self._lock = threading.Lock()
         self.published = threading.Event()
         self.error: BaseException | None = None
         client = mqtt.Client(
@@ -91,6 +94,7 @@ class Stream:
         client.max_queued_messages_set(0)  # unbounded: nothing is refused while the broker is away
         # Typed int, but paho only sleeps on them: sub-second delays keep the outage short.
         client.reconnect_delay_set(min_delay=0.1, max_delay=0.5)  # type: ignore[arg-type]
+        client.on_publish = self._on_publish
         self._client = client
         self._broker = broker
         self._thread = threading.Thread(target=self._run, name="stream", daemon=True)
@@ -103,7 +107,8 @@ class Stream:
 
     @property
     def acked(self) -> int:
-        return sum(1 for info in list(self._sent) if info.is_published())
+        with self._lock:
+            return self._acked
 
     @property
     def done(self) -> bool:
@@ -123,11 +128,15 @@ class Stream:
         self._client.loop_stop()
         self._thread.join(timeout=10)
 
+    def _on_publish(self, _c: Any, _u: Any, _mid: int, _rc: Any, _p: Any) -> None:
+        with self._lock:
+            self._acked += 1
+
     def _run(self) -> None:
         try:
             for start in range(0, len(self.messages), self._per_round):
                 for topic_, payload in self.messages[start : start + self._per_round]:
-                    self._sent.append(self._client.publish(topic_, payload, qos=1))
+                    self._client.publish(topic_, payload, qos=1)
                 # Pacing, not synchronisation: keeps the stream flowing while a fault is injected.
                 time.sleep(self._pause_s)
             self.published.set()
