@@ -46,7 +46,7 @@ class Publisher:
         "_hub",
         "_loop",
         "_ready_event",
-        "_sock",
+        "_socket",
         "_was_connected",
         "_writer",
         "ack_waiter",
@@ -68,7 +68,7 @@ class Publisher:
             # Only for QoS 1: for QoS 0 paho would call it (building a ReasonCode and a
             # Properties object) for every packet written.
             self._client.on_publish = self._on_publish
-        self._sock: socket.socket | None = None
+        self._socket: socket.socket | None = None
         self._writer = False
         self._connack: asyncio.Future[None] | None = None
         self._ready_event = asyncio.Event()
@@ -113,11 +113,11 @@ class Publisher:
 
     def write(self) -> None:
         client = self._client
-        if self._sock is None:
+        if self._socket is None:
             return
         if client.want_write():
             client.loop_write()
-        sock = self._sock  # loop_write may have lost the connection
+        sock = self._socket  # loop_write may have lost the connection
         if sock is not None and client.want_write():
             if not self._writer:
                 self._loop.add_writer(sock, self.write)
@@ -185,7 +185,7 @@ class Publisher:
         # paho does not set TCP_NODELAY; without it small PUBLISHes wait for Nagle.
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock = sock
+        self._socket = sock
         self._loop.add_reader(sock, self._on_readable)
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -201,14 +201,14 @@ class Publisher:
         self._forget_socket()
 
     def _forget_socket(self) -> None:
-        sock = self._sock
+        sock = self._socket
         if sock is not None:
             self._loop.remove_reader(sock)
             if self._writer:
                 self._loop.remove_writer(sock)
         self._writer = False
         self._hub.set_writing(self, False)
-        self._sock = None
+        self._socket = None
         if self._closing:
             self.closed.set()
 
@@ -233,7 +233,7 @@ class Publisher:
 
     async def drop(self) -> None:
         """The `disconnect` fault: lose the connection without a DISCONNECT, then reconnect."""
-        sock = self._sock
+        sock = self._socket
         if not self.ready or sock is None:
             return
         self.write()  # what is queued goes out first
@@ -254,14 +254,14 @@ class Publisher:
 
     def start_close(self) -> None:
         self._closing = True
-        if self._sock is not None and self.ready:
+        if self._socket is not None and self.ready:
             self._client.disconnect()  # paho closes the socket once DISCONNECT is written
         else:
             self.closed.set()
 
     def force_close(self) -> None:
-        if self._sock is not None:
-            sock = self._sock
+        if self._socket is not None:
+            sock = self._socket
             self._detach()
             with contextlib.suppress(OSError):
                 sock.close()
@@ -269,7 +269,7 @@ class Publisher:
 
     @property
     def open(self) -> bool:
-        return self._sock is not None
+        return self._socket is not None
 
     @property
     def wants_write(self) -> bool:
@@ -288,17 +288,17 @@ class Publisher:
         client = self._client
         client.loop_read()
         # TLS: decrypted bytes can wait inside the SSL object, where epoll does not see them.
-        sock = self._sock
+        sock = self._socket
         while isinstance(sock, ssl.SSLSocket) and sock.pending():
             client.loop_read()
-            sock = self._sock
+            sock = self._socket
 
     def _on_register_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
         self._hub.mark_dirty(self)
 
     def _on_unregister_write(self, client: mqtt.Client, userdata: object, sock: object) -> None:
-        if self._writer and self._sock is not None:
-            self._loop.remove_writer(self._sock)
+        if self._writer and self._socket is not None:
+            self._loop.remove_writer(self._socket)
             self._writer = False
             self._hub.set_writing(self, False)
 

@@ -7,7 +7,9 @@ gateway, the simulators, the benchmarks and these tests) and fails on:
 - importing a private module or name from a library (`paho.mqtt._packet`, `from x import _y`);
 - reading or writing `something._name` where `_name` is not defined anywhere in our own code, or
   is one of the library internals we know were used before (whoever defines it);
-- `getattr`/`setattr`/`hasattr` with such a name as a string.
+- `getattr`/`setattr`/`hasattr` with such a name as a string;
+- an attribute or slot of our own named like one of paho's internals (`self._sock`): in the
+  modules that drive paho, such a name could not be told from paho's own.
 """
 
 from __future__ import annotations
@@ -18,23 +20,22 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FIRST_PARTY = ("gateway", "simulators", "benchmarks", "tests")
-# Internals of paho, aiomqtt and prometheus_client that earlier code reached into: refused on
-# anything but `self`/`cls`, even though we also use some of these names for our own attributes.
-KNOWN_INTERNALS = frozenset(
+# paho's internals that the gateway once patched: refused everywhere, on `self` and in
+# `__slots__` too, so that no attribute of ours can be mistaken for (or become) one of them.
+PAHO_INTERNALS = frozenset(
     {
         "_sock",
-        "_client",
-        "_value",
         "_in_packet",
         "_out_packet",
         "_handle_publish",
         "_on_message_filtered",
-        "_queue",
-        "_protocol",
         "_packet",
-        "_metrics",
-        "_names_to_collectors",
     }
+)
+# Internals of paho, aiomqtt and prometheus_client that earlier code reached into: refused on
+# anything but `self`/`cls`, even though we also use some of these names for our own attributes.
+KNOWN_INTERNALS = PAHO_INTERNALS | frozenset(
+    {"_client", "_value", "_queue", "_protocol", "_metrics", "_names_to_collectors"}
 )
 
 
@@ -91,9 +92,17 @@ def violations(path: Path, tree: ast.Module, ours: set[str]) -> Iterator[str]:
         elif isinstance(node, ast.Attribute) and is_private(node.attr):
             on_self = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
             if on_self:
+                if node.attr in PAHO_INTERNALS:
+                    yield f"{where}:{node.lineno}: names an attribute of ours .{node.attr} (paho's)"
                 continue
             if node.attr in KNOWN_INTERNALS or node.attr not in ours:
                 yield f"{where}:{node.lineno}: touches .{node.attr}"
+        elif isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "__slots__" for t in node.targets
+        ):
+            for slot in ast.walk(node.value):
+                if isinstance(slot, ast.Constant) and slot.value in PAHO_INTERNALS:
+                    yield f"{where}:{slot.lineno}: a slot of ours {slot.value!r} (paho's)"
         elif (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Name)
@@ -131,5 +140,7 @@ def test_the_check_catches_what_it_is_for() -> None:
     tree = ast.parse(code)
     found = list(violations(ROOT / "example.py", tree, {"_defined_by_us"}))
     assert len(found) == 7, found
-    ok = ast.parse("self._sock = 1\nother._defined_by_us()\n")
+    shadowing = ast.parse("self._sock = 1\n__slots__ = ('_in_packet',)\n")
+    assert len(list(violations(ROOT / "example.py", shadowing, set()))) == 2
+    ok = ast.parse("self._client = 1\nother._defined_by_us()\n")
     assert list(violations(ROOT / "example.py", ok, {"_defined_by_us"})) == []

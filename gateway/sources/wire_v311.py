@@ -59,7 +59,7 @@ class V311Wire(WireState):
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._connected_at = 0.0
-        self._sock: Any = None
+        self._socket: Any = None
         self._reading = False
         self._paused = False
         self._closing = False
@@ -138,8 +138,8 @@ class V311Wire(WireState):
 
     def pause_reading(self) -> None:
         self._paused = True
-        if self._reading and self._sock is not None:
-            self._loop.remove_reader(self._sock)
+        if self._reading and self._socket is not None:
+            self._loop.remove_reader(self._socket)
             self._reading = False
 
     def resume_reading(self) -> None:
@@ -273,11 +273,11 @@ class V311Wire(WireState):
     def _register_reader(self, sock: Any) -> None:
         if self.closed.done():
             return
-        self._sock = sock
+        self._socket = sock
         self._start_reading()
 
     def _start_reading(self) -> None:
-        sock = self._sock
+        sock = self._socket
         if self._reading or self._paused or sock is None or self.closed.done():
             return
         if sock.fileno() < 0:
@@ -296,16 +296,16 @@ class V311Wire(WireState):
             self._loop.remove_writer(sock)
 
     def _forget_socket(self, sock: Any) -> None:
-        if sock is self._sock:
+        if sock is self._socket:
             self._unregister()
 
     def _unregister(self) -> None:
-        sock = self._sock
+        sock = self._socket
         if sock is not None and sock.fileno() >= 0:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
         self._reading = False
-        self._sock = None
+        self._socket = None
 
     def _close_socket(self) -> None:
         if self._misc is not None:
@@ -324,7 +324,7 @@ class V311Wire(WireState):
                 break
             if len(self._topics) + self._progress == before or self._nbytes >= READ_BURST_BYTES:
                 break
-        sock = self._sock
+        sock = self._socket
         if self._reading and isinstance(sock, ssl.SSLSocket) and sock.pending():
             # Bytes TLS already read that the socket no longer signals.
             self._loop.call_soon(self._on_readable)
