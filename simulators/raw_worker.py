@@ -23,7 +23,7 @@ from simulators import raw_packets as wire
 from simulators.raw_connection import Connection, RawConnectionError
 from simulators.record import DeviceLog
 from simulators.spec import RunSpec
-from simulators.stream import device_for, device_messages, device_topic
+from simulators.stream import device_for, device_messages
 from simulators.worker import WorkerResult
 
 FINISH_TIMEOUT_S = 10.0
@@ -36,7 +36,7 @@ def build(
     """The messages of devices first..stop-1, in gateway-sim's blast order (every device in
     turn; device i on connection i % connections), encoded per connection."""
     devices = [device_for(spec, i) for i in range(first, stop)]
-    logs = [DeviceLog(d, device_topic(spec, d)) for d in devices]
+    logs = [DeviceLog.of(spec, d) for d in devices]
     size = min(connections, len(devices))
     conns = [
         Connection(f"{spec.client_id_prefix}pool-{process}-{k}", spec.qos, window)

@@ -6,7 +6,8 @@ import bisect
 
 from gateway.manifest import DeviceRecord, FaultRecord, payload_digest
 from simulators.devices import Device
-from simulators.stream import Message
+from simulators.spec import RunSpec
+from simulators.stream import Message, device_topic, manifest_metrics
 
 
 class SeqRuns:
@@ -67,6 +68,12 @@ class DeviceLog:
         self.seqs = SeqRuns()
         self.faults: list[FaultRecord] = []
         self.messages = 0
+
+    @classmethod
+    def of(cls, spec: RunSpec, device: Device) -> DeviceLog:
+        """The log of `device` in this run: its topic, and the metrics the gateway will store of
+        it (a preset format's, not the device's own). Every transport builds its logs here."""
+        return cls(device, device_topic(spec, device), manifest_metrics(spec, device))
 
     def sent(self, message: Message) -> None:
         self.messages += 1

@@ -19,7 +19,7 @@ from simulators.publisher import ConnectError
 from simulators.record import DeviceLog
 from simulators.sender import Sender
 from simulators.spec import RunSpec
-from simulators.stream import Message, device_for, device_messages, device_topic, manifest_metrics
+from simulators.stream import Message, device_for, device_messages
 
 PROGRESS_EVERY_S = 0.5
 # File descriptors a process needs beyond its connections (stdio, epoll, pipes, threads).
@@ -97,7 +97,7 @@ async def run_worker(
     `part`. Stops early on SIGINT/SIGTERM, still draining and recording what was sent."""
     result = WorkerResult(process=process, devices=stop_index - first)
     devices = [device_for(spec, i) for i in range(first, stop_index)]
-    logs = [DeviceLog(d, device_topic(spec, d), manifest_metrics(spec, d)) for d in devices]
+    logs = [DeviceLog.of(spec, d) for d in devices]
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FIRST_PARTY = ("gateway", "simulators", "benchmarks", "tests")
+FIRST_PARTY = ("gateway", "simulators", "benchmarks", "harness", "tests")
 # paho's internals that the gateway once patched: refused everywhere, on `self` and in
 # `__slots__` too, so that no attribute of ours can be mistaken for (or become) one of them.
 PAHO_INTERNALS = frozenset(

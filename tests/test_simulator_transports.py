@@ -16,7 +16,10 @@ from harness.broker import Broker
 from harness.poll import eventually_sync
 from harness.subscriber import subscribed
 from simulators import raw_packets as wire
-from simulators.cli import command
+from simulators.cli import command, spec_from_options
+from simulators.raw_worker import build
+from simulators.record import DeviceLog
+from simulators.stream import device_for, manifest_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 DEVICES = 30
@@ -120,3 +123,25 @@ def test_encoded_packets_follow_mqtt_311() -> None:
     assert wire.DISCONNECT == b"\xe0\x00"
     connect = wire.connect_packet("c1", 60)
     assert connect == b"\x10\x0e\x00\x04MQTT\x04\x02\x00\x3c\x00\x02c1"
+
+
+@pytest.mark.parametrize("preset", ["tasmota", "zigbee2mqtt"])
+def test_both_transports_log_a_preset_formats_metrics(preset: str) -> None:
+    """The manifest's metrics are what the gateway stores of a preset's payload (not the
+    simulated device's own names), whichever transport sends it."""
+    options: dict[str, object] = {
+        "count": 2,
+        "devices": 3,
+        "prebuilt": True,
+        "connections": "pool",
+        "format": preset,
+    }
+    spec = spec_from_options(transport="raw", **options)
+    raw_logs, _ = build(spec, process=0, first=0, stop=3, connections=1, window=10)
+    devices = [device_for(spec, i) for i in range(3)]
+    assert [log.metrics for log in raw_logs] == [manifest_metrics(spec, d) for d in devices]
+    assert any(log.metrics != log.device.metrics for log in raw_logs), "a preset renames them"
+    mqtt_spec = spec_from_options(transport="mqtt", **options)
+    assert [DeviceLog.of(mqtt_spec, d).metrics for d in devices] == [
+        log.metrics for log in raw_logs
+    ]
