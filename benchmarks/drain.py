@@ -168,7 +168,7 @@ def drain_gateways(
             p.stop()
     broker_cpu = proc_stats.cpu_seconds(broker.pid) - broker_cpu
     result = finish_gateways(
-        gateways, watch, label=label, expected=expected, manifest=manifest, workdir=workdir
+        gateways, watch, label=label, expected=expected, manifest=manifest
     )
     result.broker_cpu_s = broker_cpu
     return result
@@ -248,7 +248,6 @@ def finish_gateways(
     label: str,
     expected: int,
     manifest: Path,
-    workdir: Path,
     elapsed_s: float | None = None,
 ) -> Drain:
     """Stop the gateways (SIGTERM: they drain and seal their files), audit their files against

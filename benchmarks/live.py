@@ -158,7 +158,6 @@ def live_gateway(
         label=setup.label,
         expected=total,
         manifest=manifest,
-        workdir=workdir,
         elapsed_s=elapsed,
     )
     result.startup_s = startup_s

@@ -120,6 +120,7 @@ class Supervisor:
     ) -> None:
         """`load` reads the config again for a reload (SIGHUP, POST /reload)."""
         self._config = config
+        self._config_hash = config_hash(config)
         self._main = worker_main
         self._load = load
         self._reloads: set[asyncio.Task[object]] = set()
@@ -146,9 +147,13 @@ class Supervisor:
         checks.update({f"worker_{w.index}_config": w.refused is None for w in self._workers})
         return checks
 
+    def _running(self) -> list[_Worker]:
+        """The workers up now (not waiting to be restarted)."""
+        return [w for w in self._workers if w.restart_at is None and w.process is not None]
+
     def _about(self) -> dict[str, object]:
         refused = {f"worker_{w.index}": w.refused for w in self._workers if w.refused}
-        return {"config_hash": config_hash(self._config), "reload_refused": refused}
+        return {"config_hash": self._config_hash, "reload_refused": refused}
 
     # -- reloads -------------------------------------------------------------------------------
 
@@ -172,7 +177,7 @@ class Supervisor:
         if plan.restart:
             why = "; ".join(f"{path}: {reason}" for path, reason in plan.restart.items())
             return self._reloaded("refused", f"needs a restart ({why})")
-        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        running = self._running()
         answers = await asyncio.gather(
             *(asyncio.to_thread(post_reload, w.url) for w in running), return_exceptions=True
         )
@@ -186,6 +191,7 @@ class Supervisor:
                 worker.refused = None if ok else str(outcome.get("message"))
             results[f"worker_{worker.index}"] = worker.refused or "ok"
         self._config = new  # restarted workers start with it
+        self._config_hash = config_hash(new)
         failed = [w for w in running if w.refused]
         if failed:
             message = "; ".join(f"worker {w.index}: {w.refused}" for w in failed)
@@ -201,7 +207,7 @@ class Supervisor:
             "result": result,
             "message": message,
             "workers": workers or {},
-            "config_hash": config_hash(self._config),
+            "config_hash": self._config_hash,
         }
 
     def stop(self) -> None:
@@ -327,12 +333,12 @@ class Supervisor:
     async def _refresh_metrics(self) -> None:
         """Before a scrape of the merged metrics: every running worker's, fetched now (not up
         to POLL_S old); a worker that does not answer keeps its last text."""
-        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        running = self._running()
         await asyncio.gather(*(self._fetch_metrics(w) for w in running))
 
     async def _seal(self) -> dict[str, int]:
         """POST /seal: every running worker seals its open segments; the counts summed."""
-        running = [w for w in self._workers if w.restart_at is None and w.process is not None]
+        running = self._running()
         answers = await asyncio.gather(*(asyncio.to_thread(post_seal, w.url) for w in running))
         total: dict[str, int] = {}
         for answer in answers:

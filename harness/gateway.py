@@ -153,12 +153,13 @@ class GatewayProcess:
             return False
         return status == 200
 
-    async def ready(self, timeout_s: float = 45) -> None:
-        """Until /readyz answers 200 (connected and subscribed: our session exists)."""
+    async def ready(self, timeout_s: float = 45, interval_s: float = 0.1) -> None:
+        """Until /readyz answers 200 (connected and subscribed: our session exists); asked every
+        `interval_s` (the resolution of a recovery time measured with it)."""
         await eventually(
             lambda: asyncio.to_thread(self._is_ready),
             timeout_s=timeout_s,
-            interval_s=0.1,
+            interval_s=interval_s,
             message="/readyz 200",
         )
 

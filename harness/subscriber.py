@@ -28,7 +28,11 @@ class Subscriber:
         self._client.on_message = lambda c, u, m: self.messages.append((m.topic, bytes(m.payload)))
         self._client.connect(broker.host, broker.port, keepalive=30)
         self._client.loop_start()
-        eventually_sync(subscribed.is_set, timeout_s=10, message="SUBACK")
+        try:
+            eventually_sync(subscribed.is_set, timeout_s=10, message="SUBACK")
+        except BaseException:
+            self.close()  # no paho thread left connected when the SUBACK never came
+            raise
 
     def by_topic(self) -> dict[str, list[bytes]]:
         out: dict[str, list[bytes]] = {}

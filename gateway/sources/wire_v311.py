@@ -17,7 +17,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -209,7 +209,7 @@ class V311Wire(WireState):
             topic = message.topic
         except UnicodeDecodeError:
             topic = ""  # the template match rejects it as topic_mismatch
-        payload = bytes(message.payload)  # paho types it bytes | bytearray; it is bytes
+        payload = cast(bytes, message.payload)  # paho types it bytes | bytearray; it is bytes
         self._topics.append(topic)
         self._payloads.append(payload)
         self._qos.append(message.qos)
