@@ -167,9 +167,7 @@ def drain_gateways(
         for p in profiler:
             p.stop()
     broker_cpu = proc_stats.cpu_seconds(broker.pid) - broker_cpu
-    result = finish_gateways(
-        gateways, watch, label=label, expected=expected, manifest=manifest
-    )
+    result = finish_gateways(gateways, watch, label=label, expected=expected, manifest=manifest)
     result.broker_cpu_s = broker_cpu
     return result
 
