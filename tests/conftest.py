@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from harness.broker import Broker
 from tests.support.leftovers import pytest_addoption as leftovers_options
@@ -22,6 +23,11 @@ from tests.support.leftovers import (  # noqa: F401
 # The reliability matrix's rows (`make faults`), written at the end with --reliability-report.
 from tests.support.reliability import pytest_addoption as reliability_options
 from tests.support.reliability import reliability  # noqa: F401
+
+# No per-example deadline: Hypothesis tests check what a function returns, not how fast (a
+# 200 ms deadline failed one on a busy CI machine; speed is the benchmarks' job).
+settings.register_profile("no_deadline", deadline=None)
+settings.load_profile("no_deadline")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
